@@ -1,0 +1,87 @@
+"""The ``micropay`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+
+from micropay.cli.options import database_url_option
+from micropay.service.ports import StoreError
+from micropay.store.urls import StoreUrlError
+
+T = TypeVar("T")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="micropay")
+def main() -> None:
+    """micropay: a self-hosted micropayment engine on an exact double-entry ledger."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@database_url_option
+def db_upgrade(database_url: str) -> None:
+    """Apply all migrations (safe to run again)."""
+    from micropay.store.migrate import current_revision, upgrade
+
+    _guard(lambda: upgrade(database_url))
+    click.echo(f"database at revision {current_revision(database_url)}")
+
+
+@main.command()
+@database_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def reconcile(database_url: str, as_json: bool) -> None:
+    """Prove the ledger's invariants; exit 1 listing each violation."""
+    from micropay.service.reconcile import reconcile as run
+    from micropay.store import open_store
+
+    store = _guard(lambda: open_store(database_url))
+    try:
+        report = _guard(lambda: run(store))
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for check, count in report.counts().items():
+            click.echo(f"{'ok  ' if count == 0 else 'FAIL'} {check}: {count} violation(s)")
+        for violation in report.violations:
+            click.echo(f"  - {violation.check}: {violation.detail}")
+        click.echo(f"{report.accounts} accounts checked: {'clean' if report.ok else 'VIOLATIONS'}")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@database_url_option
+@click.option("--customers", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--purchases", default=5_000, show_default=True, type=click.IntRange(0, 10_000_000))
+@click.option("--seed", default=7, show_default=True, type=int)
+def demo(database_url: str, customers: int, purchases: int, seed: int) -> None:
+    """Run the ledger demo: wallets top up, buy articles, hold and release funds."""
+    from micropay.cli.demo import run_demo
+
+    _guard(lambda: run_demo(database_url, customers=customers, purchases=purchases, seed=seed))
+
+
+def _guard(operation: Callable[[], T]) -> T:
+    """Run ``operation``; turn infrastructure errors into a clear message and exit 2."""
+    try:
+        return operation()
+    except (StoreError, StoreUrlError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+# Further command groups register here.
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,263 @@
+"""The ledger service: loads what a batch needs, calls the engine, persists atomically.
+
+Write path for a batch of transfers:
+
+1. If the batch is plain single transfers, try the *netted* plan: one guarded
+   counter update per account and a bulk insert, with no reads
+   (:mod:`micropay.core.netting`). If a guard or an id refuses it, roll back.
+2. Otherwise (or after a refusal) take the *exact* path: lock the accounts
+   involved, load recorded ids, holds and resolutions, run
+   :func:`micropay.core.engine.apply_batch` and persist its plan.
+
+Both paths run inside one database transaction each; busy, serialization,
+deadlock and concurrent-duplicate errors retry the whole operation, at most
+``store_retries_max`` times, with jittered back-off.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TypeVar
+
+from micropay.core import limits
+from micropay.core.accounts import (
+    Account,
+    AccountResult,
+    NewAccount,
+    open_account,
+    validate_new_account,
+)
+from micropay.core.engine import CounterDelta, LedgerView, apply_batch
+from micropay.core.netting import plan_netted
+from micropay.core.statuses import AccountStatus, TransferStatus
+from micropay.core.transfers import (
+    RESOLVING_FLAGS,
+    Rejection,
+    StoredTransfer,
+    Transfer,
+    TransferFlags,
+    TransferResult,
+)
+from micropay.service.ports import (
+    LedgerStore,
+    LedgerWriteTx,
+    StoreError,
+    TransientStoreError,
+)
+
+T = TypeVar("T")
+Clock = Callable[[], int]
+
+
+def system_clock_us() -> int:
+    return time.time_ns() // 1_000
+
+
+class BatchTooLarge(ValueError):
+    """More items in one call than the ledger accepts (``batch_*_max``)."""
+
+
+class _NettedRefused(Exception):
+    """Internal: roll back the netted attempt and take the exact path."""
+
+
+class Ledger:
+    """Accounts and transfers on one store. One instance per thread."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        clock: Clock = system_clock_us,
+        retries_max: int = limits.store_retries_max,
+        netted: bool = True,
+        racy_for_tests: bool = False,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._retries_max = retries_max
+        self._netted = netted and not racy_for_tests
+        # Test-only switch (negative control): read in one transaction and write
+        # in another, the classic check-then-act race. Never set in production.
+        self._racy = racy_for_tests
+        self.stats = {"netted": 0, "exact": 0, "retries": 0}
+
+    # --- accounts -------------------------------------------------------
+
+    def create_accounts(self, requests: Sequence[NewAccount]) -> list[AccountResult]:
+        """Open accounts; an existing id with the same fields replays ``ok``."""
+        if len(requests) > limits.batch_accounts_max:
+            raise BatchTooLarge(f"at most {limits.batch_accounts_max} accounts per call")
+        return self._retrying(lambda: self._create_accounts_once(requests))
+
+    def _create_accounts_once(self, requests: Sequence[NewAccount]) -> list[AccountResult]:
+        now_us = self._clock()
+        statuses = [validate_new_account(r) for r in requests]
+        ids = {r.id for r, s in zip(requests, statuses, strict=True) if s is AccountStatus.ok}
+        results: list[AccountResult] = []
+        with self.store.write() as tx:
+            existing = tx.lock_accounts(ids)
+            fresh: dict[int, Account] = {}
+            for request, status in zip(requests, statuses, strict=True):
+                if status is not AccountStatus.ok:
+                    results.append(AccountResult(_int_or_zero(request.id), status))
+                    continue
+                known = existing.get(request.id) or fresh.get(request.id)
+                if known is None:
+                    fresh[request.id] = open_account(request, now_us)
+                    results.append(AccountResult(request.id, AccountStatus.ok))
+                elif known.same_request(request):
+                    results.append(AccountResult(request.id, AccountStatus.ok, replayed=True))
+                else:
+                    results.append(
+                        AccountResult(request.id, AccountStatus.exists_with_different_fields)
+                    )
+            if fresh:
+                tx.insert_accounts(list(fresh.values()))
+        return results
+
+    # --- transfers ------------------------------------------------------
+
+    def submit(self, batch: Sequence[Transfer]) -> list[TransferResult]:
+        """Apply ``batch`` in order; one result per transfer, in the same order."""
+        if len(batch) > limits.batch_transfers_max:
+            raise BatchTooLarge(f"at most {limits.batch_transfers_max} transfers per call")
+        if not batch:
+            return []
+        if self._racy:
+            return self._retrying(lambda: self._submit_racy(batch))
+        return self._retrying(lambda: self._submit_once(batch))
+
+    def _submit_once(self, batch: Sequence[Transfer]) -> list[TransferResult]:
+        now_us = self._clock()
+        if self._netted:
+            plan = plan_netted(batch, now_us)
+            if plan is not None:
+                try:
+                    with self.store.write() as tx:
+                        if not tx.try_netted(plan):
+                            raise _NettedRefused
+                    self.stats["netted"] += 1
+                    return [TransferResult(t.id, _OK) for t in batch]
+                except _NettedRefused:
+                    pass
+        with self.store.write() as tx:
+            view = _load_view(tx, batch)
+            outcome = apply_batch(batch, view, now_us)
+            _persist(tx, outcome.transfers, outcome.rejections, outcome.deltas)
+        self.stats["exact"] += 1
+        return outcome.results
+
+    def _submit_racy(self, batch: Sequence[Transfer]) -> list[TransferResult]:
+        now_us = self._clock()
+        with self.store.write() as tx:
+            view = _load_view(tx, batch)
+        time.sleep(0.001)  # widen the window between the check and the act
+        outcome = apply_batch(batch, view, now_us)
+        with self.store.write() as tx:
+            _persist(tx, outcome.transfers, outcome.rejections, outcome.deltas)
+        return outcome.results
+
+    def expire_holds(self, *, limit: int = 1_000) -> list[TransferResult]:
+        """Release holds whose timeout has passed, with ids from ``new_id``. Returns results."""
+        now_us = self._clock()
+        with self.store.read() as reader:
+            hold_ids = reader.expired_hold_ids(now_us, min(limit, limits.batch_transfers_max))
+        batch = [
+            Transfer(
+                id=expiry_id(hold_id),
+                debit_account_id=0,
+                credit_account_id=0,
+                amount_micros=0,
+                currency="",
+                flags=int(TransferFlags.EXPIRE_PENDING),
+                pending_id=hold_id,
+            )
+            for hold_id in hold_ids
+        ]
+        return self.submit(batch)
+
+    # --- reads ----------------------------------------------------------
+
+    def accounts(self, ids: Collection[int]) -> dict[int, Account]:
+        with self.store.read() as reader:
+            return reader.get_accounts(ids)
+
+    def transfers(self, ids: Collection[int]) -> dict[int, StoredTransfer]:
+        with self.store.read() as reader:
+            return reader.get_recorded(ids).transfers
+
+    # --- infrastructure -------------------------------------------------
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        for attempt in range(self._retries_max + 1):
+            try:
+                return operation()
+            except TransientStoreError:
+                if attempt == self._retries_max:
+                    raise
+                self.stats["retries"] += 1
+                backoff_s = min(limits.store_retry_backoff_s_max, 0.001 * 2**attempt)
+                time.sleep(random.uniform(0, backoff_s))
+        raise StoreError("unreachable: retry loop exited without a result")
+
+
+_OK = TransferStatus.ok
+
+
+def expiry_id(hold_id: int) -> int:
+    """The id of the transfer that expires ``hold_id``.
+
+    Derived, so that two expiry runs racing on one hold are the same request:
+    the second replays instead of failing. Ids at or above 2**62 are reserved
+    for such system transfers.
+    """
+    return limits.system_id_min + (hold_id % limits.system_id_min)
+
+
+def _int_or_zero(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _load_view(tx: LedgerWriteTx, batch: Sequence[Transfer]) -> LedgerView:
+    ids: set[int] = set()
+    pending_ids: set[int] = set()
+    account_ids: set[int] = set()
+    for t in batch:
+        if type(t.id) is int:
+            ids.add(t.id)
+        if isinstance(t.flags, int) and t.flags & RESOLVING_FLAGS and type(t.pending_id) is int:
+            pending_ids.add(t.pending_id)
+        for account_id in (t.debit_account_id, t.credit_account_id):
+            if type(account_id) is int and account_id > 0:
+                account_ids.add(account_id)
+    holds = tx.load_recorded(pending_ids).transfers if pending_ids else {}
+    for hold in holds.values():
+        account_ids.add(hold.debit_account_id)
+        account_ids.add(hold.credit_account_id)
+    # Lock before reading ids and resolutions: under READ COMMITTED, reads
+    # after the lock see whatever a competing writer committed before it.
+    accounts = tx.lock_accounts(account_ids)
+    recorded = tx.load_recorded(ids | pending_ids)
+    return LedgerView(
+        accounts=accounts,
+        transfers=recorded.transfers,
+        rejections=recorded.rejections,
+        resolutions=tx.load_resolutions(pending_ids),
+    )
+
+
+def _persist(
+    tx: LedgerWriteTx,
+    transfers: Sequence[StoredTransfer],
+    rejections: Sequence[Rejection],
+    deltas: Mapping[int, CounterDelta],
+) -> None:
+    if transfers:
+        tx.insert_transfers(transfers)
+    if rejections:
+        tx.insert_rejections(rejections)
+    if deltas:
+        tx.apply_deltas(deltas)

@@ -1,0 +1,190 @@
+"""SQLite adapter: the zero-configuration default store.
+
+Durability settings are enforced at open and checked: WAL journal,
+``synchronous=FULL`` (every commit is fsynced), and write transactions opened
+with ``BEGIN IMMEDIATE`` so that two processes cannot both read a balance and
+then both spend it. Busy errors become :class:`TransientStoreError` for the
+service to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from micropay.core import limits
+from micropay.core.accounts import Account
+from micropay.core.engine import CounterDelta
+from micropay.core.netting import NettedPlan
+from micropay.core.transfers import Rejection, StoredTransfer
+from micropay.service.ports import (
+    Recorded,
+    StoreError,
+    TransientStoreError,
+    UnsafeStoreSettings,
+)
+from micropay.store import sql
+
+_MAX = limits.amount_micros_max
+_GUARDED_NETTED_UPDATE = f"""
+UPDATE accounts SET debits_posted_micros = debits_posted_micros + ?1,
+                    credits_posted_micros = credits_posted_micros + ?2
+WHERE id = ?3 AND currency = ?4
+  AND debits_pending_micros + debits_posted_micros <= {_MAX} - ?1
+  AND credits_pending_micros + credits_posted_micros <= {_MAX} - ?2
+  AND ((flags & 1) = 0 OR debits_pending_micros + debits_posted_micros
+       - credits_posted_micros <= credit_limit_micros - ?1)
+  AND ((flags & 2) = 0 OR credits_pending_micros + credits_posted_micros
+       - debits_posted_micros <= credit_limit_micros - ?2)
+"""
+_IN_IDS = "IN (SELECT value FROM json_each(?))"
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+class _SqliteReads(sql.SqlReader):
+    def _select_in(self, head: str, column: str, ids: Collection[int]) -> list[Any]:
+        where = " AND " if " WHERE " in head else " WHERE "
+        self._cur.execute(f"{head}{where}{column} {_IN_IDS}", (json.dumps(list(ids)),))
+        return self._cur.fetchall()
+
+    def integrity_problems(self) -> list[str]:
+        self._cur.execute("PRAGMA integrity_check")
+        rows = [row[0] for row in self._cur.fetchall()]
+        return [] if rows == ["ok"] else [f"sqlite integrity_check: {row}" for row in rows]
+
+
+class SqliteWriteTx(_SqliteReads):
+    def lock_accounts(self, ids: Collection[int]) -> dict[int, Account]:
+        # BEGIN IMMEDIATE already holds the database's write lock.
+        return self.get_accounts(ids)
+
+    def load_recorded(self, ids: Collection[int]) -> Recorded:
+        return self.get_recorded(ids)
+
+    def load_resolutions(self, pending_ids: Collection[int]) -> dict[int, int]:
+        if not pending_ids:
+            return {}
+        rows = self._select_in(
+            "SELECT pending_id, flags FROM transfers"
+            " WHERE pending_id IS NOT NULL AND rejected_status IS NULL",
+            "pending_id",
+            pending_ids,
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def insert_accounts(self, accounts: Sequence[Account]) -> None:
+        self._cur.executemany(sql.INSERT_ACCOUNT, [sql.account_row(a) for a in accounts])
+
+    def insert_transfers(self, transfers: Sequence[StoredTransfer]) -> None:
+        self._cur.executemany(sql.INSERT_TRANSFER, [sql.transfer_row(t) for t in transfers])
+
+    def insert_rejections(self, rejections: Sequence[Rejection]) -> None:
+        self._cur.executemany(sql.INSERT_TRANSFER, [sql.rejection_row(r) for r in rejections])
+
+    def apply_deltas(self, deltas: Mapping[int, CounterDelta]) -> None:
+        self._cur.executemany(sql.APPLY_DELTA, sql.delta_rows(deltas))
+
+    def try_netted(self, plan: NettedPlan) -> bool:
+        cur = self._cur
+        cur.executemany(
+            _GUARDED_NETTED_UPDATE,
+            [(g.debits_micros, g.credits_micros, g.account_id, g.currency) for g in plan.guards],
+        )
+        if cur.rowcount != len(plan.guards):
+            return False
+        at = plan.created_at_us
+        try:
+            cur.executemany(
+                sql.INSERT_TRANSFER, [sql.single_transfer_row(t, at) for t in plan.transfers]
+            )
+        except sqlite3.IntegrityError:
+            return False  # an id is taken: the exact path replays or rejects it
+        return True
+
+
+class SqliteStore:
+    """One connection to a SQLite database file. Not shared between threads at once."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._conn = sqlite3.connect(
+                path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=limits.sqlite_busy_timeout_ms / 1000,
+                cached_statements=256,
+            )
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open sqlite database: {error}") from None
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(f"PRAGMA busy_timeout={limits.sqlite_busy_timeout_ms}")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute("PRAGMA temp_store=MEMORY")
+        self.check_durability()
+
+    def check_durability(self) -> None:
+        """Refuse settings under which an acknowledged write could be lost."""
+        mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        synchronous = self._conn.execute("PRAGMA synchronous").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise UnsafeStoreSettings(f"sqlite journal_mode is {mode}, need wal")
+        if synchronous < 2:
+            raise UnsafeStoreSettings(
+                f"sqlite synchronous is {synchronous}, need FULL (2) or EXTRA (3)"
+            )
+
+    @contextmanager
+    def write(self) -> Iterator[SqliteWriteTx]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if _is_busy(error):
+                raise TransientStoreError(str(error)) from None
+            raise StoreError(str(error)) from None
+        try:
+            yield SqliteWriteTx(conn.cursor())
+            conn.execute("COMMIT")
+        except BaseException as error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
+                raise TransientStoreError(str(error)) from None
+            if isinstance(error, sqlite3.Error):
+                raise StoreError(f"sqlite: {error}") from None
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[_SqliteReads]:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            yield _SqliteReads(conn.cursor())
+        except sqlite3.Error as error:
+            raise StoreError(f"sqlite: {error}") from None
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def execute_raw(self, statement: str, rows: Sequence[Sequence[object]] = ()) -> int:
+        """Plain SQL for benchmarks' raw baseline and tests; returns the row count."""
+        cur = self._conn.cursor()
+        if rows:
+            cur.executemany(statement, rows)
+        else:
+            cur.execute(statement)
+        return cur.rowcount
+
+    def close(self) -> None:
+        self._conn.close()
