@@ -172,7 +172,11 @@ class PostgresStore:
             self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
         except psycopg.Error as error:
             raise StoreError(f"cannot connect to postgresql: {error}") from None
-        self.check_durability()
+        try:
+            self.check_durability()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def check_durability(self) -> None:
         """Refuse settings under which an acknowledged write could be lost."""

@@ -126,12 +126,19 @@ class SqliteStore:
             )
         except sqlite3.Error as error:
             raise StoreError(f"cannot open sqlite database: {error}") from None
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(f"PRAGMA busy_timeout={limits.sqlite_busy_timeout_ms}")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("PRAGMA temp_store=MEMORY")
-        self.check_durability()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA busy_timeout={limits.sqlite_busy_timeout_ms}")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.execute("PRAGMA temp_store=MEMORY")
+            self.check_durability()
+        except sqlite3.Error as error:
+            self._conn.close()
+            raise StoreError(f"cannot open sqlite database: {error}") from None
+        except BaseException:
+            self._conn.close()
+            raise
 
     def check_durability(self) -> None:
         """Refuse settings under which an acknowledged write could be lost."""
