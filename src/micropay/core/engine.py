@@ -134,7 +134,10 @@ def validate_request(t: Transfer) -> S:
         currency not in CURRENCY_EXPONENTS and (currency or not resolving)
     ):
         return S.currency_must_be_valid
-    if type(t.code) is not int or not 0 <= t.code <= limits.code_max:
+    code = t.code
+    if type(code) is not int and (isinstance(code, bool) or not isinstance(code, int)):
+        return S.code_must_be_in_range  # an IntEnum is fine, a bool or str is not
+    if not 0 <= code <= limits.code_max:
         return S.code_must_be_in_range
     reference, metadata = t.reference, t.metadata
     if not (reference == "" and metadata == "") and not (

@@ -261,3 +261,20 @@ def _persist(
         tx.insert_rejections(rejections)
     if deltas:
         tx.apply_deltas(deltas)
+
+
+def apply_in_transaction(
+    tx: LedgerWriteTx, batch: Sequence[Transfer], now_us: int
+) -> list[TransferResult]:
+    """Apply ``batch`` by the exact path inside the caller's write transaction.
+
+    For operations that must commit ledger transfers atomically with their own
+    rows (a purchase and its entitlement). The caller owns the transaction and
+    its retries.
+    """
+    if len(batch) > limits.batch_transfers_max:
+        raise BatchTooLarge(f"at most {limits.batch_transfers_max} transfers per call")
+    view = _load_view(tx, batch)
+    outcome = apply_batch(batch, view, now_us)
+    _persist(tx, outcome.transfers, outcome.rejections, outcome.deltas)
+    return outcome.results

@@ -29,6 +29,7 @@ from micropay.service.ports import (
     UnsafeStoreSettings,
 )
 from micropay.store import sql
+from micropay.store.payments_sql import PaymentsSql
 
 _MAX = limits.amount_micros_max
 _TRANSIENT = (
@@ -59,11 +60,20 @@ FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
      AS d(dp, dpo, cp, cpo, id)
 WHERE a.id = d.id
 """
+# The lock of _LOCK_ACCOUNTS and the guarded update in one statement. The
+# uncorrelated sub-select is a one-time filter: it runs (taking every row lock
+# in id order, as the exact path does) before the update touches any row.
+_LOCKED_NETTED_UPDATE = (
+    "WITH locked AS MATERIALIZED ("
+    " SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE)"
+    + _GUARDED_NETTED_UPDATE.rstrip()
+    + "\n  AND (SELECT count(*) FROM locked) >= 0\n"
+)
 COPY_TRANSFERS = f"COPY transfers ({sql.TRANSFER_COLUMNS}) FROM STDIN"
 COPY_ACCOUNTS = f"COPY accounts ({sql.ACCOUNT_COLUMNS}) FROM STDIN"
 
 
-class _PgReads(sql.SqlReader):
+class _PgReads(sql.SqlReader, PaymentsSql):
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s")
 
@@ -142,17 +152,10 @@ class PgWriteTx(_PgReads):
     def try_netted(self, plan: NettedPlan) -> bool:
         guards = plan.guards
         cur = self._cur
+        ids, currencies, debits, credit_sums = map(list, zip(*guards, strict=True))
         try:
-            cur.execute(_LOCK_ACCOUNTS, ([g.account_id for g in guards],))
-            cur.execute(
-                _GUARDED_NETTED_UPDATE,
-                (
-                    [g.account_id for g in guards],
-                    [g.currency for g in guards],
-                    [g.debits_micros for g in guards],
-                    [g.credits_micros for g in guards],
-                ),
-            )
+            # One statement: lock in id order, then the guarded update.
+            cur.execute(_LOCKED_NETTED_UPDATE, (ids, ids, currencies, debits, credit_sums))
             if cur.rowcount != len(guards):
                 return False
             at = plan.created_at_us

@@ -27,18 +27,20 @@ from micropay.service.ports import (
     UnsafeStoreSettings,
 )
 from micropay.store import sql
+from micropay.store.payments_sql import PaymentsSql
 
 _MAX = limits.amount_micros_max
+# Parameters in AccountGuard order: ?1 account_id, ?2 currency, ?3 debits, ?4 credits.
 _GUARDED_NETTED_UPDATE = f"""
-UPDATE accounts SET debits_posted_micros = debits_posted_micros + ?1,
-                    credits_posted_micros = credits_posted_micros + ?2
-WHERE id = ?3 AND currency = ?4
-  AND debits_pending_micros + debits_posted_micros <= {_MAX} - ?1
-  AND credits_pending_micros + credits_posted_micros <= {_MAX} - ?2
+UPDATE accounts SET debits_posted_micros = debits_posted_micros + ?3,
+                    credits_posted_micros = credits_posted_micros + ?4
+WHERE id = ?1 AND currency = ?2
+  AND debits_pending_micros + debits_posted_micros <= {_MAX} - ?3
+  AND credits_pending_micros + credits_posted_micros <= {_MAX} - ?4
   AND ((flags & 1) = 0 OR debits_pending_micros + debits_posted_micros
-       - credits_posted_micros <= credit_limit_micros - ?1)
+       - credits_posted_micros <= credit_limit_micros - ?3)
   AND ((flags & 2) = 0 OR credits_pending_micros + credits_posted_micros
-       - debits_posted_micros <= credit_limit_micros - ?2)
+       - debits_posted_micros <= credit_limit_micros - ?4)
 """
 _IN_IDS = "IN (SELECT value FROM json_each(?))"
 
@@ -48,7 +50,7 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class _SqliteReads(sql.SqlReader):
+class _SqliteReads(sql.SqlReader, PaymentsSql):
     def _select_in(self, head: str, column: str, ids: Collection[int]) -> list[Any]:
         where = " AND " if " WHERE " in head else " WHERE "
         self._cur.execute(f"{head}{where}{column} {_IN_IDS}", (json.dumps(list(ids)),))
@@ -93,10 +95,7 @@ class SqliteWriteTx(_SqliteReads):
 
     def try_netted(self, plan: NettedPlan) -> bool:
         cur = self._cur
-        cur.executemany(
-            _GUARDED_NETTED_UPDATE,
-            [(g.debits_micros, g.credits_micros, g.account_id, g.currency) for g in plan.guards],
-        )
+        cur.executemany(_GUARDED_NETTED_UPDATE, plan.guards)  # guards are parameter tuples
         if cur.rowcount != len(plan.guards):
             return False
         at = plan.created_at_us

@@ -1,0 +1,1 @@
+"""Processor fee schedules, as data."""

@@ -1,0 +1,1 @@
+"""Card processor adapters (Stripe) implementing ``micropay.service.ports.Processor``."""
