@@ -19,6 +19,7 @@ Ids stay below 2**62 (the system-reserved range).
 | gift_card_funding | platform | equity (debit) | none | value issued for gift cards sold or granted |
 | breakage_income | platform | income (credit) | none | expired gift card value |
 | adjustments | platform | equity (debit) | none | manual adjustments by staff (with who and why) |
+| dispute_losses | platform | expense (debit) | none | chargebacks the platform cannot recover, dispute fees |
 | customer_wallet | customer | liability (credit) | debits_must_not_exceed_credits | top-ups and redemptions (credit), purchases (debit) |
 | customer_tab | customer | receivable as a credit line | debits_must_not_exceed_credits + credit limit | purchases (debit), settlement charges (credit) |
 | store_credit | customer x merchant | liability (credit) | debits_must_not_exceed_credits | merchant-restricted credit |
@@ -52,6 +53,7 @@ class Kind(enum.IntEnum):
     gift_card_funding = 5
     breakage_income = 6
     adjustments = 7
+    dispute_losses = 8
     customer_wallet = 10
     customer_tab = 11
     store_credit = 12
@@ -78,6 +80,7 @@ PLATFORM_KINDS = (
     Kind.gift_card_funding,
     Kind.breakage_income,
     Kind.adjustments,
+    Kind.dispute_losses,
 )
 
 

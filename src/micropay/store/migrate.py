@@ -33,7 +33,7 @@ def _engine(url: StoreUrl) -> sa.Engine:
     )
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "heads") -> None:
     """Apply every migration up to ``revision`` (idempotent)."""
     url = parse_store_url(database_url)
     engine = _engine(url)
@@ -58,7 +58,7 @@ def current_revision(database_url: str) -> str | None:
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(_config()).get_current_head()
-    if head is None:
-        raise RuntimeError("no migrations found")
-    return head
+    heads = ScriptDirectory.from_config(_config()).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"the migration history must have one head, has {heads}")
+    return heads[0]
