@@ -72,11 +72,27 @@ def parse_amount(text: str | Decimal, currency: str) -> int:
         value = text
     if not value.is_finite():
         raise ValueError("amount must be a finite number")
-    scaled = value.scaleb(MICROS_EXPONENT)
-    if scaled != scaled.to_integral_value():
-        raise ValueError("amount has more than six decimals (finer than a micro-unit)")
-    micros = int(scaled)
-    return check_micros(micros)
+    return check_micros(_decimal_to_micros(value))
+
+
+def _decimal_to_micros(value: Decimal) -> int:
+    """Exact integer arithmetic on the digits: no decimal context, no rounding, no overflow."""
+    sign, digits, exponent = value.as_tuple()
+    coefficient = int("".join(map(str, digits)) or "0")
+    if coefficient == 0:
+        return 0
+    shift = int(exponent) + MICROS_EXPONENT
+    if shift >= 0:
+        if len(digits) + shift > 19:
+            raise ValueError("amount is beyond the signed 64-bit range")
+        micros = coefficient * 10**shift
+    else:
+        if -shift > len(digits):
+            raise ValueError("amount has more than six decimals (finer than a micro-unit)")
+        micros, rest = divmod(coefficient, 10**-shift)
+        if rest:
+            raise ValueError("amount has more than six decimals (finer than a micro-unit)")
+    return -micros if sign else micros
 
 
 def format_amount(micros: int, currency: str) -> str:
@@ -118,6 +134,7 @@ def to_minor_units(micros: int, exponent: int, rounding: Rounding) -> tuple[int,
         if twice > step or (twice == step and magnitude % 2 == 1):
             magnitude += 1
     minor = sign * magnitude
+    check_micros(minor * step, name="rounded amount")
     remainder = micros - minor * step
     _check_split(micros, minor * step, remainder)
     return minor, remainder

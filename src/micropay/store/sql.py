@@ -69,10 +69,11 @@ WITH effective AS (
 SELECT account_id, SUM(dp), SUM(dpo), SUM(cp), SUM(cpo) FROM legs GROUP BY account_id
 """
 
+# Summed in Python: a currency's total may pass int64, where SQLite's SUM() raises.
 BALANCES_BY_CURRENCY = """
-SELECT currency, SUM(debits_posted_micros), SUM(credits_posted_micros),
-       SUM(debits_pending_micros), SUM(credits_pending_micros)
-FROM accounts GROUP BY currency
+SELECT currency, debits_pending_micros, debits_posted_micros,
+       credits_pending_micros, credits_posted_micros
+FROM accounts
 """
 
 ILL_FORMED_TRANSFERS = """
@@ -324,10 +325,15 @@ class SqlReader:
 
     def balances_by_currency(self) -> dict[str, CounterDelta]:
         self._cur.execute(self._sql(BALANCES_BY_CURRENCY))
-        return {
-            row[0]: CounterDelta(int(row[3]), int(row[1]), int(row[4]), int(row[2]))
-            for row in self._cur.fetchall()
-        }
+        totals: dict[str, list[int]] = {}
+        while rows := self._cur.fetchmany(page_rows_max):
+            for currency, dp, dpo, cp, cpo in rows:
+                t = totals.setdefault(currency, [0, 0, 0, 0])
+                t[0] += dp
+                t[1] += dpo
+                t[2] += cp
+                t[3] += cpo
+        return {currency: CounterDelta(*t) for currency, t in totals.items()}
 
     def ill_formed_transfers(self, limit: int) -> list[str]:
         self._cur.execute(self._sql(ILL_FORMED_TRANSFERS), (limit,))
