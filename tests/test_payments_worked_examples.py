@@ -56,14 +56,17 @@ def account(payments: Payments, account_id: int):  # type: ignore[no-untyped-def
 def test_reader_tops_up_five_dollars_and_buys_three_articles(payments, processor) -> None:  # type: ignore[no-untyped-def]
     """Alice loads 5.00 USD once (one card charge) and reads three articles from it."""
     daily = payments.create_merchant("The Daily Byte", "USD", funding_policy=WALLET_ONLY)
-    alice = payments.create_customer("USD", processor_customer_token="cus_a",
-                                      payment_method_token="pm_a")
+    alice = payments.create_customer(
+        "USD", processor_customer_token="cus_a", payment_method_token="pm_a"
+    )
     for ref, price in (("a1", "0.10"), ("a2", "0.25"), ("a3", "0.0004")):
         payments.set_item(daily.id, ref, f"Article {ref}", usd(price))
 
     topup = payments.top_up(alice.id, usd("5.00"), "topup-1")
     assert topup.status is TopUpStatus.ok
-    receipts = [payments.purchase(daily.id, alice.id, ref, f"buy-{ref}") for ref in ("a1", "a2", "a3")]
+    receipts = [
+        payments.purchase(daily.id, alice.id, ref, f"buy-{ref}") for ref in ("a1", "a2", "a3")
+    ]
     assert [r.status for r in receipts] == [PurchaseStatus.ok] * 3
     assert {r.funding for r in receipts} == {FundingSource.wallet}
 
@@ -82,8 +85,9 @@ def test_reader_tops_up_five_dollars_and_buys_three_articles(payments, processor
 def test_tab_reaches_its_limit_and_is_charged_once(payments, processor) -> None:  # type: ignore[no-untyped-def]
     """Bob has no wallet money; his 1.00 USD tab fills up and is settled in one charge."""
     shop = payments.create_merchant("Long Reads", "USD", funding_policy=TAB_FIRST)
-    bob = payments.create_customer("USD", processor_customer_token="cus_b",
-                                   payment_method_token="pm_b")
+    bob = payments.create_customer(
+        "USD", processor_customer_token="cus_b", payment_method_token="pm_b"
+    )
     for n in range(4):
         payments.set_item(shop.id, f"story-{n}", "Story", usd("0.3333"))
     first = [payments.purchase(shop.id, bob.id, f"story-{n}", f"k{n}") for n in range(3)]
@@ -103,8 +107,9 @@ def test_tab_reaches_its_limit_and_is_charged_once(payments, processor) -> None:
 
 def test_tab_below_the_minimum_carries_over_at_period_end(payments, processor, clock) -> None:  # type: ignore[no-untyped-def]
     shop = payments.create_merchant("Chart Music", "USD", funding_policy=TAB_FIRST)
-    carol = payments.create_customer("USD", processor_customer_token="cus_c",
-                                     payment_method_token="pm_c")
+    carol = payments.create_customer(
+        "USD", processor_customer_token="cus_c", payment_method_token="pm_c"
+    )
     payments.set_item(shop.id, "song", "Song", usd("0.30"))
     assert payments.purchase(shop.id, carol.id, "song", "k1").funding is FundingSource.tab
 
@@ -120,8 +125,9 @@ def test_tab_below_the_minimum_carries_over_at_period_end(payments, processor, c
 
 def test_declined_tab_enters_dunning_and_freezes(payments, processor, clock) -> None:  # type: ignore[no-untyped-def]
     shop = payments.create_merchant("Long Reads", "USD", funding_policy=TAB_FIRST)
-    dave = payments.create_customer("USD", processor_customer_token="cus_d",
-                                    payment_method_token=DECLINING_PAYMENT_METHOD)
+    dave = payments.create_customer(
+        "USD", processor_customer_token="cus_d", payment_method_token=DECLINING_PAYMENT_METHOD
+    )
     payments.set_item(shop.id, "big", "Long read", usd("0.60"))
     payments.set_item(shop.id, "more", "Another", usd("0.60"))
     assert payments.purchase(shop.id, dave.id, "big", "k1").funding is FundingSource.tab
@@ -140,11 +146,15 @@ def test_declined_tab_enters_dunning_and_freezes(payments, processor, clock) -> 
     balances_are_whole(payments, processor)
 
 
-def test_direct_purchase_shows_the_fee_and_the_guard_names_cheaper_models(payments, processor) -> None:  # type: ignore[no-untyped-def]
-    store = payments.create_merchant("E-books", "USD", funding_policy=(FundingSource.direct,),
-                                     fee_guard_max_bps=1_000)
-    erin = payments.create_customer("USD", processor_customer_token="cus_e",
-                                    payment_method_token="pm_e")
+def test_direct_purchase_shows_the_fee_and_the_guard_names_cheaper_models(
+    payments, processor
+) -> None:  # type: ignore[no-untyped-def]
+    store = payments.create_merchant(
+        "E-books", "USD", funding_policy=(FundingSource.direct,), fee_guard_max_bps=1_000
+    )
+    erin = payments.create_customer(
+        "USD", processor_customer_token="cus_e", payment_method_token="pm_e"
+    )
     payments.set_item(store.id, "article", "Article", usd("0.10"))
     payments.set_item(store.id, "book", "Textbook", usd("20.00"))
     refused = payments.purchase(store.id, erin.id, "article", "k1")
@@ -159,8 +169,9 @@ def test_direct_purchase_shows_the_fee_and_the_guard_names_cheaper_models(paymen
 
 def test_a_purchase_is_never_charged_twice(payments, processor) -> None:  # type: ignore[no-untyped-def]
     daily = payments.create_merchant("The Daily Byte", "USD", funding_policy=WALLET_ONLY)
-    frank = payments.create_customer("USD", processor_customer_token="cus_f",
-                                     payment_method_token="pm_f")
+    frank = payments.create_customer(
+        "USD", processor_customer_token="cus_f", payment_method_token="pm_f"
+    )
     payments.set_item(daily.id, "a1", "Article", usd("0.10"))
     payments.set_item(daily.id, "a2", "Article 2", usd("0.10"))
     payments.top_up(frank.id, usd("5.00"), "t1")
@@ -179,8 +190,9 @@ def test_a_purchase_is_never_charged_twice(payments, processor) -> None:  # type
 
 def test_refund_races_another_refund(payments, processor, database_url, clock) -> None:  # type: ignore[no-untyped-def]
     daily = payments.create_merchant("The Daily Byte", "USD", funding_policy=WALLET_ONLY)
-    gina = payments.create_customer("USD", processor_customer_token="cus_g",
-                                    payment_method_token="pm_g")
+    gina = payments.create_customer(
+        "USD", processor_customer_token="cus_g", payment_method_token="pm_g"
+    )
     payments.set_item(daily.id, "a1", "Article", usd("0.10"))
     payments.top_up(gina.id, usd("5.00"), "t1")
     purchase = payments.purchase(daily.id, gina.id, "a1", "k1")
@@ -211,8 +223,9 @@ def test_refund_races_another_refund(payments, processor, database_url, clock) -
 def test_top_up_that_timed_out_after_the_charge_is_credited_once(store, clock) -> None:  # type: ignore[no-untyped-def]
     processor = SimulatedProcessor(Faults(timeout_after_charge=1.0))
     payments = Payments(store, processor, clock=clock)
-    hank = payments.create_customer("USD", processor_customer_token="cus_h",
-                                    payment_method_token="pm_h")
+    hank = payments.create_customer(
+        "USD", processor_customer_token="cus_h", payment_method_token="pm_h"
+    )
     receipt = payments.top_up(hank.id, usd("10.00"), "t1")
     assert receipt.status is TopUpStatus.charge_pending  # the processor charged, we never heard
     assert len(processor.succeeded_charges()) == 1
@@ -229,8 +242,9 @@ def test_top_up_that_timed_out_after_the_charge_is_credited_once(store, clock) -
 
 def test_entitlement_token_verifies_offline(payments, processor, clock) -> None:  # type: ignore[no-untyped-def]
     daily = payments.create_merchant("The Daily Byte", "USD", funding_policy=WALLET_ONLY)
-    ida = payments.create_customer("USD", processor_customer_token="cus_i",
-                                   payment_method_token="pm_i")
+    ida = payments.create_customer(
+        "USD", processor_customer_token="cus_i", payment_method_token="pm_i"
+    )
     payments.set_item(daily.id, "day-pass", "Day pass", usd("0.50"), access_period_s=86_400)
     payments.top_up(ida.id, usd("5.00"), "t1")
     assert payments.purchase(daily.id, ida.id, "day-pass", "k1").ok
@@ -265,13 +279,15 @@ def test_entitlement_token_verifies_offline(payments, processor, clock) -> None:
         ("no_funds", PurchaseStatus.insufficient_funds),
     ],
 )
-def test_bad_purchases_name_the_reason_and_write_nothing(payments, processor, case, expected) -> None:  # type: ignore[no-untyped-def]
+def test_bad_purchases_name_the_reason_and_write_nothing(
+    payments, processor, case, expected
+) -> None:  # type: ignore[no-untyped-def]
     daily = payments.create_merchant("The Daily Byte", "USD", funding_policy=WALLET_ONLY)
-    jo = payments.create_customer("USD", processor_customer_token="cus_j",
-                                  payment_method_token="pm_j")
+    jo = payments.create_customer(
+        "USD", processor_customer_token="cus_j", payment_method_token="pm_j"
+    )
     payments.set_item(daily.id, "a1", "Article", usd("0.10"))
-    args = {"merchant_id": daily.id, "customer_id": jo.id, "item_ref": "a1",
-            "idempotency_key": "k"}
+    args = {"merchant_id": daily.id, "customer_id": jo.id, "item_ref": "a1", "idempotency_key": "k"}
     if case != "no_funds":
         payments.top_up(jo.id, usd("5.00"), "t1")
     overrides = {
@@ -301,3 +317,29 @@ def test_bad_catalogue_prices_are_refused(payments, price) -> None:  # type: ign
         payments.set_item(daily.id, "a1", "Article", price)
     with pytest.raises(PaymentsInputError):
         payments.create_merchant("X", "XXX")
+
+
+def test_auto_reload_tops_up_below_the_threshold(payments, processor, clock) -> None:  # type: ignore[no-untyped-def]
+    """Kim's wallet reloads 10.00 whenever it drops below 2.00: one charge per reload."""
+    api = payments.create_merchant("Weather API", "USD", funding_policy=WALLET_ONLY)
+    kim = payments.create_customer(
+        "USD", processor_customer_token="cus_k", payment_method_token="pm_k"
+    )
+    payments.set_item(api.id, "forecast", "Forecast", usd("0.75"), access_period_s=60)
+    payments.set_auto_reload(kim.id, usd("2.00"), usd("10.00"))
+    # An empty wallet: the first purchase reloads first, then pays from the wallet.
+    first = payments.purchase(api.id, kim.id, "forecast", "k0")
+    assert (first.status, first.funding) == (PurchaseStatus.ok, FundingSource.wallet)
+    assert len(processor.succeeded_charges()) == 1
+    wallet_id = chart.wallet_account(kim.id, "USD")
+    assert available_micros(account(payments, wallet_id)) == usd("9.25")
+    # Ten more purchases (each after the last one's minute of access): the wallet
+    # falls to 1.75 after the tenth, below 2.00, so it reloads once more.
+    for n in range(1, 11):
+        clock.advance(61)
+        assert payments.purchase(api.id, kim.id, "forecast", f"k{n}").ok
+    assert len(processor.succeeded_charges()) == 2
+    assert available_micros(account(payments, wallet_id)) == usd("20.00") - usd("0.75") * 11
+    with pytest.raises(PaymentsInputError):
+        payments.set_auto_reload(kim.id, usd("2.00"), usd("0.001"))  # below the top-up minimum
+    balances_are_whole(payments, processor)

@@ -78,14 +78,14 @@ def parse_amount(text: str | Decimal, currency: str) -> int:
 def _decimal_to_micros(value: Decimal) -> int:
     """Exact integer arithmetic on the digits: no decimal context, no rounding, no overflow."""
     sign, digits, exponent = value.as_tuple()
-    coefficient = int("".join(map(str, digits)) or "0")
+    coefficient: int = int("".join(map(str, digits)) or "0")
     if coefficient == 0:
         return 0
     shift = int(exponent) + MICROS_EXPONENT
     if shift >= 0:
         if len(digits) + shift > 19:
             raise ValueError("amount is beyond the signed 64-bit range")
-        micros = coefficient * 10**shift
+        micros: int = coefficient * 10**shift
     else:
         if -shift > len(digits):
             raise ValueError("amount has more than six decimals (finer than a micro-unit)")

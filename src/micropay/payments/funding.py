@@ -14,6 +14,7 @@ class SourceChoice:
 
     source: FundingSource | None = None
     settle_tab: bool = False
+    reload_wallet: bool = False
     refusal: PurchaseStatus | None = None
     message: str = ""
     charge_id: int = 0
@@ -28,12 +29,14 @@ def choose_source(
     tab_available: int,
     tab_frozen: bool,
     tab_settlable: bool,
+    wallet_reloadable: bool = False,
     has_payment_method: bool,
     guard: FeeGuardDecision | None,
 ) -> SourceChoice:
     """Walk the policy; the first source that can pay wins.
 
-    - wallet: pays if its available balance covers the price;
+    - wallet: pays if its available balance covers the price; with auto-reload
+      on, a short wallet is topped up first (one charge) and tried again — once;
     - tab: pays if its remaining credit line covers the price; if the tab is
       full, settle it first (one charge) and try again — once;
     - direct: a card charge, if the customer has a payment method and the fee
@@ -47,6 +50,8 @@ def choose_source(
         if source is FundingSource.wallet:
             if wallet_available >= price_micros:
                 return SourceChoice(source=source)
+            if wallet_reloadable and has_payment_method:
+                return SourceChoice(reload_wallet=True)
         elif source is FundingSource.tab:
             if tab_frozen:
                 blocked.append(

@@ -311,6 +311,48 @@ class Payments:
         }[outcome.status]
         return TopUpReceipt(status, recorded, amount_micros)
 
+    def set_auto_reload(self, customer_id: int, threshold_micros: int, amount_micros: int) -> None:
+        """Top the wallet up by ``amount_micros`` whenever it falls below ``threshold_micros``.
+
+        An amount of 0 turns auto-reload off. The amount obeys the top-up limits.
+        """
+        if type(threshold_micros) is not int or type(amount_micros) is not int:
+            raise PaymentsInputError("auto-reload amounts must be int micros")
+        if threshold_micros < 0 or amount_micros < 0:
+            raise PaymentsInputError("auto-reload amounts must not be negative")
+
+        def update(tx: PaymentsWriteTx) -> None:
+            customer = tx.get_customer(customer_id)
+            if customer is None:
+                raise PaymentsInputError("unknown customer")
+            if amount_micros:
+                refusal = self._topup_refusal(customer, amount_micros)
+                if refusal is not None:
+                    raise PaymentsInputError(f"auto-reload amount refused: {refusal.value}")
+            tx.update_customer_auto_reload(customer_id, threshold_micros, amount_micros)
+
+        self.charges.tx(update)
+
+    def _auto_reload(self, customer_id: int, key: str) -> TopUpReceipt | None:
+        customer = self.charges.tx(lambda tx: tx.get_customer(customer_id))
+        if customer is None or not customer.auto_reload_amount_micros:
+            return None
+        return self.top_up(customer_id, customer.auto_reload_amount_micros, key)
+
+    def _reload_below_threshold(self, customer_id: int, key: str) -> None:
+        def low(tx: PaymentsWriteTx) -> bool:
+            customer = tx.get_customer(customer_id)
+            if customer is None or not customer.auto_reload_amount_micros:
+                return False
+            wallet_id = chart.wallet_account(customer_id, customer.currency)
+            wallet = tx.lock_accounts([wallet_id]).get(wallet_id)
+            return wallet is not None and (
+                available_micros(wallet) < customer.auto_reload_threshold_micros
+            )
+
+        if self.charges.tx(low):
+            self._auto_reload(customer_id, key)
+
     def _topup_refusal(self, customer: Customer, amount_micros: int) -> TopUpStatus | None:
         if amount_micros <= 0:
             return TopUpStatus.amount_invalid
@@ -350,17 +392,23 @@ class Payments:
         request = _PurchaseRequest(
             merchant_id, customer_id, item_ref, idempotency_key, fingerprint, price_micros, currency
         )
-        outcome = self.charges.tx(lambda tx: self._purchase_in(tx, request, settled_tab=False))
+        outcome = self.charges.tx(lambda tx: self._purchase_in(tx, request, retried=False))
         if isinstance(outcome, SourceChoice) and outcome.settle_tab:
             # The tab is full: settle it in one charge, then try once more.
             self.charges.settle_tab(customer_id, forced=True)
-            outcome = self.charges.tx(lambda tx: self._purchase_in(tx, request, settled_tab=True))
+            outcome = self.charges.tx(lambda tx: self._purchase_in(tx, request, retried=True))
+        elif isinstance(outcome, SourceChoice) and outcome.reload_wallet:
+            # The wallet is short and auto-reload is on: top up once, then try once more.
+            self._auto_reload(customer_id, f"auto:{merchant_id}:{idempotency_key}")
+            outcome = self.charges.tx(lambda tx: self._purchase_in(tx, request, retried=True))
         if isinstance(outcome, Receipt):
+            if outcome.funding is FundingSource.wallet and not outcome.replayed:
+                self._reload_below_threshold(customer_id, f"auto:after:{outcome.purchase_id}")
             return outcome
         return self._charge_direct(outcome)
 
     def _purchase_in(
-        self, tx: PaymentsWriteTx, request: _PurchaseRequest, *, settled_tab: bool
+        self, tx: PaymentsWriteTx, request: _PurchaseRequest, *, retried: bool
     ) -> Receipt | SourceChoice:
         now_us = self.clock()
         merchant_id, customer_id = request.merchant_id, request.customer_id
@@ -422,7 +470,8 @@ class Payments:
             wallet_available=available_micros(accounts[wallet_id]),
             tab_available=available_micros(accounts[tab_id]),
             tab_frozen=customer.tab_state is TabState.frozen,
-            tab_settlable=not settled_tab,
+            tab_settlable=not retried,
+            wallet_reloadable=not retried and customer.auto_reload_amount_micros > 0,
             has_payment_method=bool(customer.payment_method_token),
             guard=guard,
         )

@@ -201,6 +201,18 @@ class PaymentsSql(GiftCardsSql, BillingSql, ProcessorEventsSql):
             (limit_micros, state.value, opened_at_us, customer_id),
         )
 
+    def update_customer_auto_reload(
+        self, customer_id: int, threshold_micros: int, amount_micros: int
+    ) -> bool:
+        self._cur.execute(
+            self._sql(
+                "UPDATE customers SET auto_reload_threshold_micros = ?,"
+                " auto_reload_amount_micros = ? WHERE id = ?"
+            ),
+            (threshold_micros, amount_micros, customer_id),
+        )
+        return self._cur.rowcount == 1
+
     def customers_with_tab_period_ended(self, before_us: int, limit: int) -> list[int]:
         rows = self._all(
             "SELECT id FROM customers WHERE tab_opened_at_us <= ? ORDER BY tab_opened_at_us, id"
