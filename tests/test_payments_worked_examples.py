@@ -344,3 +344,35 @@ def test_auto_reload_tops_up_below_the_threshold(payments, processor, clock) -> 
     with pytest.raises(PaymentsInputError):
         payments.set_auto_reload(kim.id, usd("2.00"), usd("0.001"))  # below the top-up minimum
     balances_are_whole(payments, processor)
+
+
+def test_store_credit_is_spent_first_at_its_merchant_only(payments, processor) -> None:  # type: ignore[no-untyped-def]
+    """Liam redeems 1.00 of store credit from the Daily Byte: it pays there first, never elsewhere."""
+    from micropay.service.gift_cards import GiftCards
+
+    daily = payments.create_merchant("The Daily Byte", "USD", funding_policy=WALLET_ONLY)
+    other = payments.create_merchant("Long Reads", "USD", funding_policy=WALLET_ONLY)
+    liam = payments.create_customer(
+        "USD", processor_customer_token="cus_l", payment_method_token="pm_l"
+    )
+    for merchant in (daily, other):
+        payments.set_item(merchant.id, "a1", "Article", usd("0.60"))
+        payments.set_item(merchant.id, "a2", "Article 2", usd("0.60"))
+    payments.top_up(liam.id, usd("5.00"), "t1")
+    assert payments.purchase(daily.id, liam.id, "a1", "earn").ok  # the merchant earns 0.60
+    cards = GiftCards(payments)
+    batch = cards.issue_store_credit(daily.id, 1, usd("0.50"), "credit-1")
+    assert cards.redeem(liam.id, batch.codes[0], "r1").status.value == "ok"
+    # 0.50 of credit cannot cover 0.60: the wallet pays, the credit stays.
+    assert payments.purchase(daily.id, liam.id, "a2", "k2").funding is FundingSource.wallet
+    payments.set_item(daily.id, "a3", "Brief", usd("0.40"))
+    brief = payments.purchase(daily.id, liam.id, "a3", "k3")
+    assert brief.funding is FundingSource.store_credit
+    elsewhere = payments.purchase(other.id, liam.id, "a1", "k4")
+    assert elsewhere.funding is FundingSource.wallet  # store credit never pays a foreign merchant
+    credit_id = chart.store_credit_account(liam.id, daily.id, "USD")
+    assert available_micros(account(payments, credit_id)) == usd("0.10")
+    refund = payments.refunds.refund(brief.purchase_id, usd("0.40"), "r-brief")
+    assert refund.destination == "store_credit"  # money goes back the way it came
+    assert available_micros(account(payments, credit_id)) == usd("0.50")
+    balances_are_whole(payments, processor)

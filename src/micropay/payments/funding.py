@@ -32,9 +32,12 @@ def choose_source(
     wallet_reloadable: bool = False,
     has_payment_method: bool,
     guard: FeeGuardDecision | None,
+    store_credit_available: int = 0,
 ) -> SourceChoice:
     """Walk the policy; the first source that can pay wins.
 
+    - store credit (the caller puts it first at the issuing merchant): pays if
+      it covers the whole price;
     - wallet: pays if its available balance covers the price; with auto-reload
       on, a short wallet is topped up first (one charge) and tried again — once;
     - tab: pays if its remaining credit line covers the price; if the tab is
@@ -47,7 +50,10 @@ def choose_source(
     """
     blocked: list[tuple[PurchaseStatus, str]] = []
     for source in policy:
-        if source is FundingSource.wallet:
+        if source is FundingSource.store_credit:
+            if store_credit_available >= price_micros:
+                return SourceChoice(source=source)
+        elif source is FundingSource.wallet:
             if wallet_available >= price_micros:
                 return SourceChoice(source=source)
             if wallet_reloadable and has_payment_method:

@@ -18,6 +18,7 @@ access_period_s_max = 10 * 366 * 86_400
 
 
 class FundingSource(enum.Enum):
+    store_credit = "store_credit"  # merchant-restricted credit, always tried first there
     wallet = "wallet"
     tab = "tab"
     direct = "direct"

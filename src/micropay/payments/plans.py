@@ -35,6 +35,8 @@ def purchase_transfer(
     """The customer's wallet or tab pays the merchant."""
     if source is FundingSource.wallet:
         debit = chart.wallet_account(customer_id, currency)
+    elif source is FundingSource.store_credit:
+        debit = chart.store_credit_account(customer_id, merchant_id, currency)
     elif source is FundingSource.tab:
         debit = chart.tab_account(customer_id, currency)
     else:
@@ -106,6 +108,8 @@ def refund_to_funding(
     """Give money back the way it came: to the wallet, the tab, or clearing (a card refund)."""
     if source is FundingSource.wallet:
         credit = chart.wallet_account(customer_id, currency)
+    elif source is FundingSource.store_credit:
+        credit = chart.store_credit_account(customer_id, merchant_id, currency)
     elif source is FundingSource.tab:
         credit = chart.tab_account(customer_id, currency)
     else:

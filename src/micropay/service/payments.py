@@ -155,6 +155,8 @@ class Payments:
             raise PaymentsInputError(f"unknown currency {currency!r}")
         if not funding_policy or len(set(funding_policy)) != len(funding_policy):
             raise PaymentsInputError("funding policy must list distinct sources")
+        if FundingSource.store_credit in funding_policy:
+            raise PaymentsInputError("store credit is always tried first: do not list it")
         if not 0 <= fee_guard_max_bps <= 10_000:
             raise PaymentsInputError("fee guard limit must be 0..10,000 basis points")
         self.open_platform(currency)
@@ -450,7 +452,9 @@ class Payments:
                 return replace(receipt, status=PurchaseStatus.already_entitled)
         wallet_id = chart.wallet_account(customer_id, item.currency)
         tab_id = chart.tab_account(customer_id, item.currency)
-        accounts = tx.lock_accounts([wallet_id, tab_id])
+        credit_id = _store_credit_id(customer_id, merchant_id, item.currency)
+        accounts = tx.lock_accounts([wallet_id, tab_id, *([credit_id] if credit_id else [])])
+        store_credit = accounts.get(credit_id) if credit_id else None
         guard = None
         if FundingSource.direct in merchant.funding_policy:
             schedule = self.charges.schedule_for(item.price_micros, item.currency)
@@ -465,7 +469,9 @@ class Payments:
                 )
             )
         choice = choose_source(
-            merchant.funding_policy,
+            (FundingSource.store_credit, *merchant.funding_policy)
+            if store_credit
+            else merchant.funding_policy,
             item.price_micros,
             wallet_available=available_micros(accounts[wallet_id]),
             tab_available=available_micros(accounts[tab_id]),
@@ -474,6 +480,7 @@ class Payments:
             wallet_reloadable=not retried and customer.auto_reload_amount_micros > 0,
             has_payment_method=bool(customer.payment_method_token),
             guard=guard,
+            store_credit_available=available_micros(store_credit) if store_credit else 0,
         )
         if choice.refusal is not None:
             return Receipt(
@@ -482,7 +489,7 @@ class Payments:
                 currency=item.currency,
                 message=choice.message,
             )
-        if choice.source in (FundingSource.wallet, FundingSource.tab):
+        if choice.source in (FundingSource.store_credit, FundingSource.wallet, FundingSource.tab):
             source = choice.source
             purchase_id = self.new_id()
             transfer = purchase_transfer(
@@ -656,3 +663,11 @@ class Payments:
         fresh = [open_account(r, self.clock()) for r in requests if r.id not in existing]
         if fresh:
             tx.insert_accounts(fresh)
+
+
+def _store_credit_id(customer_id: int, merchant_id: int, currency: str) -> int:
+    """The customer's store-credit account at this merchant, or 0 where none can exist."""
+    try:
+        return chart.store_credit_account(customer_id, merchant_id, currency)
+    except ValueError:
+        return 0
