@@ -347,7 +347,7 @@ def test_auto_reload_tops_up_below_the_threshold(payments, processor, clock) -> 
 
 
 def test_store_credit_is_spent_first_at_its_merchant_only(payments, processor) -> None:  # type: ignore[no-untyped-def]
-    """Liam redeems 1.00 of store credit from the Daily Byte: it pays there first, never elsewhere."""
+    """Liam redeems store credit from the Daily Byte: it pays there first, never elsewhere."""
     from micropay.service.gift_cards import GiftCards
 
     daily = payments.create_merchant("The Daily Byte", "USD", funding_policy=WALLET_ONLY)
