@@ -362,11 +362,6 @@ def test_reconcile_survives_currency_totals_past_int64(ledger: Ledger) -> None:
     assert report.ok, report.violations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG service/ledger.py + core/engine.py: ids >= limits.system_id_min are not"
-    " reserved; a client can pre-empt a hold's derived expiry id; see report",
-)
 def test_a_client_cannot_block_a_hold_from_expiring(ledger: Ledger, clock: FakeClock) -> None:
     """Ids from ``system_id_min`` up are the expiry job's (limits.py): clients may not use them.
 
@@ -382,7 +377,8 @@ def test_a_client_cannot_block_a_hold_from_expiring(ledger: Ledger, clock: FakeC
     early = Transfer(
         expiry_id(2), 0, 0, 0, "", flags=int(TransferFlags.EXPIRE_PENDING), pending_id=2
     )
-    ledger.submit([early])  # refused either way: the id is reserved, or it is too early
+    [refused] = ledger.submit([early])
+    assert refused.status is S.id_reserved_for_system
     clock.advance(10)
     ledger.expire_holds()
     assert ledger.accounts([WALLET])[WALLET].debits_pending_micros == 0

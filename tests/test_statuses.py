@@ -165,6 +165,7 @@ class Row:
     repaired: tuple[Transfer, ...] = ()
     setup: Setup = no_setup
     note: str = ""
+    system: bool = False  # submitted as the system's own transfer (Ledger.submit_system)
 
     @property
     def id(self) -> str:
@@ -178,9 +179,10 @@ def row(
     repaired: Transfer | tuple[Transfer, ...] = (),
     setup: Setup = no_setup,
     note: str = "",
+    system: bool = False,
 ) -> Row:
     as_tuple = lambda x: x if isinstance(x, tuple) else (x,)  # noqa: E731
-    return Row(status, as_tuple(probe), later, as_tuple(repaired), setup, note)
+    return Row(status, as_tuple(probe), later, as_tuple(repaired), setup, note, system)
 
 
 def fix(t: Transfer, **changes: object) -> Transfer:
@@ -199,6 +201,8 @@ _p = {
     "chain_open": usd(0, flags=LINKED),
     "id0": usd(0, flags=1 << 9),
     "id_big": usd(limits.id_max + 1, flags=1 << 9),
+    "id_system": usd(limits.system_id_min, flags=1 << 9),
+    "expire_client": usd(debit=-1, flags=EXPIRE),
     "flags_unknown": usd(flags=(1 << 9) | PENDING | POST),
     "flags_exclusive": usd(debit=-1, flags=PENDING | VOID),
     "debit0": usd(debit=0, credit=0),
@@ -266,6 +270,8 @@ ROWS: list[Row] = [
     row(S.id_must_be_positive, usd(1.0), note="float"),  # type: ignore[arg-type]
     row(S.id_must_be_positive, usd("7"), note="str"),  # type: ignore[arg-type]
     row(S.id_must_not_exceed_max, _p["id_big"], S.flags_are_unknown, fix(_p["id_big"])),
+    row(S.id_reserved_for_system, _p["id_system"], S.flags_are_unknown, fix(_p["id_system"])),
+    row(S.id_reserved_for_system, usd(limits.system_id_min), note="plain_single_netted_path"),
     row(
         S.flags_are_unknown,
         _p["flags_unknown"],
@@ -280,6 +286,12 @@ ROWS: list[Row] = [
         _p["flags_exclusive"],
         S.debit_account_id_must_be_positive,
         fix(_p["flags_exclusive"], flags=PENDING),
+    ),
+    row(
+        S.expire_reserved_for_system,
+        _p["expire_client"],
+        S.debit_account_id_must_be_positive,
+        fix(_p["expire_client"], flags=VOID),
     ),
     row(
         S.debit_account_id_must_be_positive,
@@ -458,7 +470,7 @@ ROWS: list[Row] = [
     ),
     row(S.pending_transfer_expired, _p["late"], setup=hold_times_out, note="timed_out"),
     row(S.pending_transfer_expired, _p["late"], setup=hold_expired_by_job, note="expiry_job"),
-    row(S.pending_transfer_not_expired, _p["early"], setup=long_hold),
+    row(S.pending_transfer_not_expired, _p["early"], setup=long_hold, system=True),
     row(
         S.debit_account_not_found,
         _p["debit_missing"],
@@ -560,8 +572,10 @@ def open_accounts(ledger: Ledger) -> None:
     assert [r.status for r in results] == [AccountStatus.ok] * len(ACCOUNTS)
 
 
-def last_status(ledger: Ledger, batch: tuple[Transfer, ...]) -> TransferStatus:
-    results = ledger.submit(list(batch))
+def last_status(
+    ledger: Ledger, batch: tuple[Transfer, ...], *, system: bool = False
+) -> TransferStatus:
+    results = (ledger.submit_system if system else ledger.submit)(list(batch))
     assert len(results) == len(batch)
     return results[-1].status
 
@@ -621,16 +635,16 @@ STATE_ROWS = [r for r in ROWS if not is_request_check(r.status)]
 def check_row(ledger: Ledger, r: Row) -> list[str]:
     """Submit the probe, its retry and its repair; return what went wrong (if anything)."""
     problems = []
-    got = last_status(ledger, r.probe)
+    got = last_status(ledger, r.probe, system=r.system)
     if got is not r.status:
         problems.append(f"{r.id}: probe got {got.value}")
     # Retrying the same request gives the same status; only state-check
     # failures are remembered (and so replayed).
-    again = ledger.submit(list(r.probe))[-1]
+    again = (ledger.submit_system if r.system else ledger.submit)(list(r.probe))[-1]
     if (again.status, again.replayed) != (r.status, r.status.is_remembered):
         problems.append(f"{r.id}: retry got {again}")
     if r.later is not None:
-        got_later = last_status(ledger, r.repaired)
+        got_later = last_status(ledger, r.repaired, system=r.system)
         if got_later is not r.later:
             problems.append(f"{r.id}: repaired probe got {got_later.value}, not {r.later.value}")
     return problems

@@ -71,15 +71,20 @@ class BatchPlan:
     deltas: dict[int, CounterDelta] = field(default_factory=dict)
 
 
-def validate_request(t: Transfer) -> S:
+def validate_request(t: Transfer, *, system: bool = False) -> S:
     """Request checks of one transfer (no state), in order of precedence.
 
     Chain checks (``linked_event_*``) are the batch's and are not made here.
+    Ids from ``system_id_min`` up and the ``EXPIRE_PENDING`` flag belong to the
+    expiry job (``system=True``): a client could otherwise pre-empt a hold's
+    expiry transfer and keep the money held for ever.
     """
     if type(t.id) is not int or t.id < limits.id_min:
         return S.id_must_be_positive
     if t.id > limits.id_max:
         return S.id_must_not_exceed_max
+    if t.id >= limits.system_id_min and not system:
+        return S.id_reserved_for_system
     flags = t.flags
     if type(flags) is not int and (isinstance(flags, bool) or not isinstance(flags, int)):
         return S.flags_are_unknown  # an IntFlag is fine, a bool or str is not
@@ -88,6 +93,8 @@ def validate_request(t: Transfer) -> S:
     kind = flags & KIND_FLAGS
     if kind & (kind - 1):
         return S.flags_are_mutually_exclusive
+    if kind & _EXPIRE and not system:
+        return S.expire_reserved_for_system
     resolving = kind & RESOLVING_FLAGS
     debit, credit = t.debit_account_id, t.credit_account_id
     if (
@@ -214,14 +221,19 @@ class _Work:
         return found if found is not None else self.view.resolutions.get(pending_id)
 
 
-def apply_batch(batch: Sequence[Transfer], view: LedgerView, now_us: int) -> BatchPlan:
-    """Apply ``batch`` in order against ``view`` at time ``now_us``; return the plan to persist."""
+def apply_batch(
+    batch: Sequence[Transfer], view: LedgerView, now_us: int, *, system: bool = False
+) -> BatchPlan:
+    """Apply ``batch`` in order against ``view`` at time ``now_us``; return the plan to persist.
+
+    ``system`` admits the expiry job's reserved ids and flag (see ``validate_request``).
+    """
     if len(batch) > limits.batch_transfers_max:
         raise ValueError(f"a batch holds at most {limits.batch_transfers_max} transfers")
     work = _Work(view, now_us)
     results: list[TransferResult | None] = [None] * len(batch)
     for start, end in chain_ranges(batch):
-        _apply_chain(batch, start, end, work, results)
+        _apply_chain(batch, start, end, work, results, system)
     plan = BatchPlan(results=[r for r in results if r is not None])
     if len(plan.results) != len(batch):
         raise RuntimeError("engine left a transfer without a result")
@@ -249,11 +261,12 @@ def _apply_chain(
     end: int,
     work: _Work,
     results: list[TransferResult | None],
+    system: bool,
 ) -> None:
     chain = batch[start:end]
     open_chain = bool(isinstance(chain[-1].flags, int) and chain[-1].flags & _LINKED)
     # 1. request checks over the whole chain: nothing is remembered on failure.
-    request_statuses = [validate_request(t) for t in chain]
+    request_statuses = [validate_request(t, system=system) for t in chain]
     if open_chain:
         request_statuses[-1] = S.linked_event_chain_open
     failed_at = next((i for i, s in enumerate(request_statuses) if s is not S.ok), None)
@@ -272,7 +285,7 @@ def _apply_chain(
         replay = _replay(t, work)
         if replay is not None:
             chain_results.append(replay)
-            if replay.status is S.id_already_used_with_different_request:
+            if replay.status is not S.ok:  # a conflict, or a replayed failure
                 failure = replay.status
                 break
             continue
@@ -296,8 +309,9 @@ def _apply_chain(
         del work.resolved[pending_id]
     failed_index = len(chain_results) - 1
     undone = set(new_ids)
+    replayed_failure = chain_results[-1].replayed
     for offset, t in enumerate(chain):
-        if offset != failed_index and t.id not in undone:
+        if (offset != failed_index or replayed_failure) and t.id not in undone:
             # A member that was already recorded keeps its first result.
             earlier = _replay(t, work)
             if earlier is not None:

@@ -17,7 +17,7 @@ transfer too, and the final counters are equal.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from itertools import repeat
 from operator import attrgetter
@@ -25,9 +25,9 @@ from typing import NamedTuple
 
 from micropay.core.currencies import CURRENCY_EXPONENTS
 from micropay.core.engine import validate_request
-from micropay.core.limits import amount_micros_max, code_max, id_max
+from micropay.core.limits import amount_micros_max, code_max, id_max, system_id_min
 from micropay.core.statuses import TransferStatus
-from micropay.core.transfers import Transfer, TransferFlags
+from micropay.core.transfers import Transfer, TransferFlags, TransferResult
 
 _LINKED = int(TransferFlags.LINKED)
 
@@ -103,6 +103,7 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
     credit_sums: dict[int, int] = {}
     debits_get, credits_get = debits.get, credit_sums.get
     id_max_, amount_max, code_max_ = _ID_MAX, amount_micros_max, _CODE_MAX
+    client_id_end = system_id_min  # ids from here up are the system's
     for t in batch:
         transfer_id = t.id
         debit = t.debit_account_id
@@ -126,7 +127,7 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
             and type(reference) is str
             and type(metadata) is str
             and type(t.currency) is str
-            and 0 < transfer_id <= id_max_
+            and 0 < transfer_id < client_id_end
             and 0 < debit <= id_max_
             and 0 < credit <= id_max_
             and debit != credit
@@ -184,3 +185,32 @@ def _plan_any(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
             return None  # the exact path reports the overflow transfer by transfer
         guards.append(AccountGuard(account_id, s.currency, s.debits, s.credits))
     return NettedPlan(batch, now_us, guards)
+
+
+# Slot setters of TransferResult: building a result through them skips the
+# frozen dataclass's generic __setattr__ (half the cost, for a thousand results
+# a batch). Checked at import, so a new field cannot be left unset silently.
+_RESULT_FIELDS = ("id", "status", "replayed")
+if tuple(f.name for f in fields(TransferResult)) != _RESULT_FIELDS:  # pragma: no cover
+    raise RuntimeError("netted_results must set every TransferResult field")
+_new_result = TransferResult.__new__
+_set_result_id, _set_result_status, _set_result_replayed = (
+    vars(TransferResult)[name].__set__ for name in _RESULT_FIELDS
+)
+
+
+def netted_results(plan: NettedPlan) -> list[TransferResult]:
+    """The results of an applied netted plan: every transfer ``ok``, none replayed, in order.
+
+    Equal to ``[TransferResult(t.id, TransferStatus.ok) for t in plan.transfers]``.
+    """
+    ok = TransferStatus.ok
+    results: list[TransferResult] = []
+    append = results.append
+    for t in plan.transfers:
+        result = _new_result(TransferResult)
+        _set_result_id(result, t.id)
+        _set_result_status(result, ok)
+        _set_result_replayed(result, False)
+        append(result)
+    return results

@@ -63,13 +63,8 @@ gift_card_expiries_per_run_max = 1_000
 card_number_max = chart.owner_id_max  # a card's number is its ledger owner id (36 bits)
 
 
-class Code(enum.IntEnum):
-    """The ``code`` of gift card transfers (continues :class:`micropay.payments.plans.Code`)."""
-
-    gift_card_issue = 20
-    gift_card_redeem = 21
-    gift_card_pos = 22
-    gift_card_breakage = 23
+# Gift card transfer codes live with all others in ``payments.plans.Code``.
+Code = plans.Code
 
 
 class CardKind(enum.Enum):

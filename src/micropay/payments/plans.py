@@ -13,7 +13,10 @@ _LINKED = int(TransferFlags.LINKED)
 
 
 class Code(enum.IntEnum):
-    """The ``code`` of each transfer: what kind of movement it is (shown in exports)."""
+    """The ``code`` of each transfer: what kind of movement it is (shown in exports).
+
+    One enum for the whole platform, so codes never clash between features.
+    """
 
     topup = 1
     purchase = 2
@@ -21,6 +24,17 @@ class Code(enum.IntEnum):
     processor_fee = 4
     refund = 5
     direct_charge = 6
+    gift_card_issue = 20
+    gift_card_redeem = 21
+    gift_card_pos = 22
+    gift_card_breakage = 23
+    tip = 40
+    usage = 41
+    subscription = 42
+    adjustment = 50
+    dispute = 51
+    dispute_fee = 52
+    dispute_reversal = 53
 
 
 def purchase_transfer(

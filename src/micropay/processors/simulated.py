@@ -150,6 +150,7 @@ class SimulatedProcessor:
                 charge_id=str(body.get("charge_id", "")),
                 amount_minor=int(body.get("amount_minor", 0)),
                 currency=str(body.get("currency", "")),
+                status=str(body.get("status", "")),
             )
         except (ValueError, KeyError, TypeError):
             raise EventRejected("event body is not a valid event") from None

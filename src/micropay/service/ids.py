@@ -1,10 +1,14 @@
 """Transfer and account ids: positive 62-bit integers, roughly time-ordered.
 
-Layout: milliseconds since 2025-01-01 (41 bits) | a per-generator random tag
+Layout: milliseconds since 2025-01-01 (41 bits) | a per-process random tag
 (9 bits) | a counter within the millisecond (12 bits). Ids stay below
 ``system_id_min`` (2**62), which is reserved for derived system transfers.
-Time-ordered ids keep B-tree inserts local; the random tag spreads
-generators in different processes apart.
+
+Every generator in a process shares one sequence, so ids never repeat within a
+process. Two processes collide only if they draw the same tag in the same
+millisecond at the same counter; the insert then fails on the primary key and
+the store reports it as transient, so the operation is retried with fresh ids.
+Time-ordered ids keep B-tree inserts local.
 """
 
 from __future__ import annotations
@@ -20,29 +24,40 @@ _COUNTER_BITS = 12
 _TAG_BITS = 9
 
 
-class IdGenerator:
-    def __init__(self, tag: int | None = None) -> None:
-        self._tag = secrets.randbelow(1 << _TAG_BITS) if tag is None else tag % (1 << _TAG_BITS)
-        self._lock = threading.Lock()
-        self._last_ms = 0
-        self._counter = 0
+class _Sequence:
+    def __init__(self, tag: int) -> None:
+        self.tag = tag % (1 << _TAG_BITS)
+        self.lock = threading.Lock()
+        self.last_ms = 0
+        self.counter = 0
 
-    def __call__(self) -> int:
-        with self._lock:
-            now_ms = max(time.time_ns() // 1_000_000 - _EPOCH_MS, self._last_ms)
-            if now_ms == self._last_ms:
-                self._counter += 1
-                if self._counter >> _COUNTER_BITS:
+    def next(self) -> int:
+        with self.lock:
+            now_ms = max(time.time_ns() // 1_000_000 - _EPOCH_MS, self.last_ms)
+            if now_ms == self.last_ms:
+                self.counter += 1
+                if self.counter >> _COUNTER_BITS:
                     now_ms += 1  # borrow from the next millisecond; stays monotonic
-                    self._counter = 0
+                    self.counter = 0
             else:
-                self._counter = 0
-            self._last_ms = now_ms
+                self.counter = 0
+            self.last_ms = now_ms
             value = (
-                (now_ms << (_TAG_BITS + _COUNTER_BITS))
-                | (self._tag << _COUNTER_BITS)
-                | self._counter
+                (now_ms << (_TAG_BITS + _COUNTER_BITS)) | (self.tag << _COUNTER_BITS) | self.counter
             )
         if not limits.id_min <= value < limits.system_id_min:
             raise OverflowError("id generator ran past its 62-bit range")
         return value
+
+
+_PROCESS_SEQUENCE = _Sequence(secrets.randbelow(1 << _TAG_BITS))
+
+
+class IdGenerator:
+    """Callable id source; all default instances in a process share one sequence."""
+
+    def __init__(self, tag: int | None = None) -> None:
+        self._sequence = _PROCESS_SEQUENCE if tag is None else _Sequence(tag)
+
+    def __call__(self) -> int:
+        return self._sequence.next()

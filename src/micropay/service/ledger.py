@@ -16,7 +16,6 @@ deadlock and concurrent-duplicate errors retry the whole operation, at most
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
@@ -30,7 +29,7 @@ from micropay.core.accounts import (
     validate_new_account,
 )
 from micropay.core.engine import CounterDelta, LedgerView, apply_batch
-from micropay.core.netting import plan_netted
+from micropay.core.netting import netted_results, plan_netted
 from micropay.core.statuses import AccountStatus, TransferStatus
 from micropay.core.transfers import (
     RESOLVING_FLAGS,
@@ -43,9 +42,8 @@ from micropay.core.transfers import (
 from micropay.service.ports import (
     LedgerStore,
     LedgerWriteTx,
-    StoreError,
-    TransientStoreError,
 )
+from micropay.service.retry import run_with_retries
 
 T = TypeVar("T")
 Clock = Callable[[], int]
@@ -140,15 +138,18 @@ class Ledger:
                         if not tx.try_netted(plan):
                             raise _NettedRefused
                     self.stats["netted"] += 1
-                    return [TransferResult(t.id, _OK) for t in batch]
+                    return netted_results(plan)
                 except _NettedRefused:
                     pass
+        return self._submit_exact(batch, now_us)
+
+    def _submit_exact(
+        self, batch: Sequence[Transfer], now_us: int, *, system: bool = False
+    ) -> list[TransferResult]:
         with self.store.write() as tx:
-            view = _load_view(tx, batch)
-            outcome = apply_batch(batch, view, now_us)
-            _persist(tx, outcome.transfers, outcome.rejections, outcome.deltas)
+            results = apply_in_transaction(tx, batch, now_us, system=system)
         self.stats["exact"] += 1
-        return outcome.results
+        return results
 
     def _submit_racy(self, batch: Sequence[Transfer]) -> list[TransferResult]:
         now_us = self._clock()
@@ -161,7 +162,11 @@ class Ledger:
         return outcome.results
 
     def expire_holds(self, *, limit: int = 1_000) -> list[TransferResult]:
-        """Release holds whose timeout has passed, with ids from ``new_id``. Returns results."""
+        """Release holds whose timeout has passed. Returns one result per expired hold.
+
+        The only caller of the system path: the expiry transfers use the reserved
+        id ``expiry_id(hold)`` and the ``EXPIRE_PENDING`` flag, which clients cannot.
+        """
         now_us = self._clock()
         with self.store.read() as reader:
             hold_ids = reader.expired_hold_ids(now_us, min(limit, limits.batch_transfers_max))
@@ -177,7 +182,18 @@ class Ledger:
             )
             for hold_id in hold_ids
         ]
-        return self.submit(batch)
+        return self.submit_system(batch)
+
+    def submit_system(self, batch: Sequence[Transfer]) -> list[TransferResult]:
+        """Submit the system's own transfers (reserved ids, ``EXPIRE_PENDING``).
+
+        For micropay's jobs only: never pass a client's request here.
+        """
+        if len(batch) > limits.batch_transfers_max:
+            raise BatchTooLarge(f"at most {limits.batch_transfers_max} transfers per call")
+        if not batch:
+            return []
+        return self._retrying(lambda: self._submit_exact(batch, self._clock(), system=True))
 
     # --- reads ----------------------------------------------------------
 
@@ -192,16 +208,10 @@ class Ledger:
     # --- infrastructure -------------------------------------------------
 
     def _retrying(self, operation: Callable[[], T]) -> T:
-        for attempt in range(self._retries_max + 1):
-            try:
-                return operation()
-            except TransientStoreError:
-                if attempt == self._retries_max:
-                    raise
-                self.stats["retries"] += 1
-                backoff_s = min(limits.store_retry_backoff_s_max, 0.001 * 2**attempt)
-                time.sleep(random.uniform(0, backoff_s))
-        raise StoreError("unreachable: retry loop exited without a result")
+        def count_retry() -> None:
+            self.stats["retries"] += 1
+
+        return run_with_retries(operation, retries_max=self._retries_max, on_retry=count_retry)
 
 
 _OK = TransferStatus.ok
@@ -264,7 +274,7 @@ def _persist(
 
 
 def apply_in_transaction(
-    tx: LedgerWriteTx, batch: Sequence[Transfer], now_us: int
+    tx: LedgerWriteTx, batch: Sequence[Transfer], now_us: int, *, system: bool = False
 ) -> list[TransferResult]:
     """Apply ``batch`` by the exact path inside the caller's write transaction.
 
@@ -275,6 +285,6 @@ def apply_in_transaction(
     if len(batch) > limits.batch_transfers_max:
         raise BatchTooLarge(f"at most {limits.batch_transfers_max} transfers per call")
     view = _load_view(tx, batch)
-    outcome = apply_batch(batch, view, now_us)
+    outcome = apply_batch(batch, view, now_us, system=system)
     _persist(tx, outcome.transfers, outcome.rejections, outcome.deltas)
     return outcome.results

@@ -44,7 +44,9 @@ def reconcile_processor(
         at_processor = processor_charges.get(charge.processor_charge_id)
         exponent = (exponent_of or {}).get(charge.currency, 2)
         if at_processor is None:
-            problems.append(f"charge {charge.id}: the processor has no {charge.processor_charge_id}")
+            problems.append(
+                f"charge {charge.id}: the processor has no {charge.processor_charge_id}"
+            )
         elif from_minor_units(at_processor[0], exponent) != charge.amount_micros:
             problems.append(f"charge {charge.id}: processor amount differs")
         if credited.get(charge.id) != [charge.amount_micros]:

@@ -33,7 +33,7 @@ def _engine(url: StoreUrl) -> sa.Engine:
     )
 
 
-def upgrade(database_url: str, revision: str = "heads") -> None:
+def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply every migration up to ``revision`` (idempotent)."""
     url = parse_store_url(database_url)
     engine = _engine(url)

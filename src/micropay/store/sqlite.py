@@ -167,6 +167,10 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
                 raise TransientStoreError(str(error)) from None
+            if isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error):
+                # As on PostgreSQL: another process took the key first (an id
+                # collision or a concurrent duplicate); the retry sees it.
+                raise TransientStoreError(str(error)) from None
             if isinstance(error, sqlite3.Error):
                 raise StoreError(f"sqlite: {error}") from None
             raise
