@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import click
 
+from micropay.cli.bench_cmd import bench
+from micropay.cli.export_cmd import export
 from micropay.cli.options import database_url_option
 from micropay.service.ports import StoreError
 from micropay.store.urls import StoreUrlError
@@ -81,7 +83,8 @@ def _guard(operation: Callable[[], T]) -> T:
         raise click.ClickException(str(error)) from None
 
 
-# Further command groups register here.
+main.add_command(export)
+main.add_command(bench)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -233,7 +233,10 @@ def apply_batch(
     work = _Work(view, now_us)
     results: list[TransferResult | None] = [None] * len(batch)
     for start, end in chain_ranges(batch):
-        _apply_chain(batch, start, end, work, results, system)
+        if end - start == 1 and not _is_linked(batch[start].flags):
+            results[start] = _apply_single(batch[start], work, system)
+        else:
+            _apply_chain(batch, start, end, work, results, system)
     plan = BatchPlan(results=[r for r in results if r is not None])
     if len(plan.results) != len(batch):
         raise RuntimeError("engine left a transfer without a result")
@@ -321,6 +324,38 @@ def _apply_chain(
         results[start + offset] = TransferResult(t.id, status)
         if failure.is_remembered:
             work.rejected[t.id] = Rejection(t, status, work.now_us)
+
+
+def _is_linked(flags: object) -> bool:
+    return isinstance(flags, int) and bool(flags & _LINKED)
+
+
+def _apply_single(t: Transfer, work: _Work, system: bool) -> TransferResult:
+    """A transfer outside any chain: the chain machinery is not needed.
+
+    ``_execute`` makes every check before it changes anything, so a failure
+    has nothing to undo.
+    """
+    status = validate_request(t, system=system)
+    if status is not S.ok:
+        return TransferResult(_safe_id(t), status)
+    replay = _replay(t, work)
+    if replay is not None:
+        return replay
+    status = _execute(t, work, _NO_UNDO, [])
+    if status is not S.ok and status.is_remembered:
+        work.rejected[t.id] = Rejection(t, status, work.now_us)
+    return TransferResult(t.id, status)
+
+
+class _DiscardUndo(list[tuple["_Counters", tuple[int, int, int, int]]]):
+    """An undo log that keeps nothing: a single transfer never needs undoing."""
+
+    def append(self, item: tuple[_Counters, tuple[int, int, int, int]]) -> None:
+        pass
+
+
+_NO_UNDO = _DiscardUndo()
 
 
 def _safe_id(t: Transfer) -> int:

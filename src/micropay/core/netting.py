@@ -115,6 +115,7 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
         timeout = t.timeout_s
         reference = t.reference
         metadata = t.metadata
+        transfer_currency = t.currency
         if not (
             type(transfer_id) is int
             and type(debit) is int
@@ -126,7 +127,6 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
             and type(timeout) is int
             and type(reference) is str
             and type(metadata) is str
-            and type(t.currency) is str
             and 0 < transfer_id < client_id_end
             and 0 < debit <= id_max_
             and 0 < credit <= id_max_
@@ -138,7 +138,10 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
             and 0 <= code <= code_max_
             and not reference
             and not metadata
-            and t.currency == currency
+            and (
+                transfer_currency is currency
+                or (type(transfer_currency) is str and transfer_currency == currency)
+            )
         ):
             return _UNCOMMON
         debits[debit] = debits_get(debit, 0) + amount

@@ -56,8 +56,15 @@ class GroupCommitter:
             future.set_result([])
             return future
         if _chain_left_open(batch):
+            # Refused whole: merged with other callers' batches, an open chain
+            # would link into theirs.
             future.set_result(
-                [TransferResult(0, TransferStatus.linked_event_chain_open)] * len(batch)
+                [
+                    TransferResult(
+                        t.id if type(t.id) is int else 0, TransferStatus.linked_event_chain_open
+                    )
+                    for t in batch
+                ]
             )
             return future
         try:

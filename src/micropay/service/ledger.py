@@ -158,6 +158,7 @@ class Ledger:
         time.sleep(0.001)  # widen the window between the check and the act
         outcome = apply_batch(batch, view, now_us)
         with self.store.write() as tx:
+            tx.lock_accounts(view.accounts.keys())  # in id order: the race stays, deadlocks go
             _persist(tx, outcome.transfers, outcome.rejections, outcome.deltas)
         return outcome.results
 
@@ -182,7 +183,13 @@ class Ledger:
             )
             for hold_id in hold_ids
         ]
-        return self.submit_system(batch)
+        if not batch:
+            return []
+        # Apply at the instant the holds were picked, or later: a clock stepping
+        # back in between must not get "not expired" remembered under the id.
+        return self._retrying(
+            lambda: self._submit_exact(batch, max(now_us, self._clock()), system=True)
+        )
 
     def submit_system(self, batch: Sequence[Transfer]) -> list[TransferResult]:
         """Submit the system's own transfers (reserved ids, ``EXPIRE_PENDING``).
