@@ -29,3 +29,16 @@ def test_readme_first_integration_runs(
     exec(compile(block.group(1), "README.md", "exec"), namespace)
     namespace["ledger"].store.close()  # type: ignore[attr-defined]
     assert capsys.readouterr().out.split() == ["ok", "4.9996"]
+
+
+def test_readme_selling_an_article_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    block = re.search(r"### Selling an article.*?```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert block is not None
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    namespace["payments"].store.close()  # type: ignore[attr-defined]
+    assert capsys.readouterr().out.split() == ["ok", "tab", "True"]
