@@ -175,7 +175,12 @@ LIMIT_CASES = [
         transfer(flags=PENDING, timeout_s=limits.timeout_s_max + 1),
         S.timeout_must_be_in_range,
     ),
-    ("id_max", transfer(limits.id_max), transfer(limits.id_max + 1), S.id_must_not_exceed_max),
+    (
+        "client_id_max",
+        transfer(limits.client_id_max),
+        transfer(limits.client_id_max + 1),
+        S.id_reserved_for_system,
+    ),
     ("id_min", transfer(limits.id_min), transfer(limits.id_min - 1), S.id_must_be_positive),
     (
         "amount_micros_max",

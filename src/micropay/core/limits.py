@@ -18,6 +18,7 @@ id_min = 1
 # Ids from here up are reserved for transfers the system derives itself
 # (hold expiry); clients use ids below it.
 system_id_min = 2**62
+client_id_max = system_id_min - 1
 
 # Transfers (or accounts) in one batch / one database transaction.
 batch_transfers_max = 8_190
