@@ -130,7 +130,6 @@ class SqliteStore:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute(f"PRAGMA busy_timeout={limits.sqlite_busy_timeout_ms}")
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.execute("PRAGMA temp_store=MEMORY")
             self.check_durability()
         except sqlite3.Error as error:
             self._conn.close()
