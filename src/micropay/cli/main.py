@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import click
 
+from micropay.cli.api_cmd import keys, serve
 from micropay.cli.bench_cmd import bench
 from micropay.cli.export_cmd import export
 from micropay.cli.options import database_url_option
@@ -85,6 +86,8 @@ def _guard(operation: Callable[[], T]) -> T:
 
 main.add_command(export)
 main.add_command(bench)
+main.add_command(serve)
+main.add_command(keys)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

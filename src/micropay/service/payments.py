@@ -11,6 +11,7 @@ already owns returns the existing receipt: no one is charged twice for a thing.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from micropay.core.accounts import NewAccount, available_micros, open_account
@@ -148,6 +149,7 @@ class Payments:
         ),
         fee_guard_max_bps: int = 1_500,
         fee_guard_refuses: bool = True,
+        also: Callable[[PaymentsWriteTx, Merchant], None] | None = None,
     ) -> Merchant:
         if not isinstance(name, str) or not 0 < len(name) <= name_chars_max:
             raise PaymentsInputError("merchant name must be 1-200 characters")
@@ -180,7 +182,10 @@ class Payments:
                     )
                 ],
             )
-            return replace(draft, id=merchant_id)
+            merchant = replace(draft, id=merchant_id)
+            if also is not None:
+                also(tx, merchant)  # the caller's own rows, in the same transaction
+            return merchant
 
         return self.charges.tx(create)
 
@@ -190,6 +195,7 @@ class Payments:
         *,
         processor_customer_token: str = "",
         payment_method_token: str = "",
+        also: Callable[[PaymentsWriteTx, Customer], None] | None = None,
     ) -> Customer:
         """A customer with a wallet and a tab (at the first rung of the trust ladder)."""
         if not is_currency(currency):
@@ -229,7 +235,10 @@ class Payments:
                     ),
                 ],
             )
-            return replace(draft, id=customer_id)
+            customer = replace(draft, id=customer_id)
+            if also is not None:
+                also(tx, customer)  # the caller's own rows, in the same transaction
+            return customer
 
         return self.charges.tx(create)
 

@@ -1,0 +1,529 @@
+"""Endpoints under ``/v1``: each converts its request class to core calls and back, explicitly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from micropay.api import keys as api_keys
+from micropay.api import schemas as s
+from micropay.api.errors import STATUS_HTTP, ApiError
+from micropay.api.runtime import Principal, Runtime, api_tx, page_limit_default, page_limit_max
+from micropay.core.money import format_amount
+from micropay.payments.models import Customer, FundingSource, Item, Merchant, PurchaseStatus
+from micropay.payments.records import PurchaseRecord
+from micropay.service.payments import PaymentsInputError, Receipt
+from micropay.store.api_sql import ApiKeyRow
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: mp_sk_..., mp_pk_... or mp_op_...")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorEnvelope, "description": "refused"}
+    for code in (400, 401, 403, 404, 409, 413, 422, 429)
+}
+IdemKey = Annotated[
+    str,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+]
+Limit = Annotated[int, Query(ge=1, le=page_limit_max)]
+
+
+def _dump(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def _response(status: int, body: bytes, replayed: bool = False) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _fingerprint(path: str, body: BaseModel | None) -> str:
+    text = json.dumps([path, body.model_dump(mode="json") if body else None], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _shown(created: s.KeyCreated) -> s.KeyCreated:
+    """The answer kept for replays: a key is shown once, so its token is not kept."""
+    return created.model_copy(update={"token": None})
+
+
+def _key_out(row: ApiKeyRow) -> s.KeyOut:
+    return s.KeyOut(
+        id=row.lookup,
+        kind=row.kind,
+        mode=row.mode,
+        created_at_us=row.created_at_us,
+        revoked=row.revoked_at_us is not None,
+    )
+
+
+def _customer_out(c: Customer) -> s.CustomerOut:
+    return s.CustomerOut(
+        id=c.public_id,
+        currency=c.currency,
+        tab_limit_micros=c.tab_limit_micros,
+        tab_limit=format_amount(c.tab_limit_micros, c.currency),
+        tab_state=c.tab_state.value,
+        has_payment_method=bool(c.payment_method_token),
+    )
+
+
+def _item_out(i: Item) -> s.ItemOut:
+    return s.ItemOut(
+        item_ref=i.item_ref,
+        name=i.name,
+        price_micros=i.price_micros,
+        price=format_amount(i.price_micros, i.currency),
+        currency=i.currency,
+        access_period_s=i.access_period_s,
+    )
+
+
+def _purchase_out(p: PurchaseRecord, customer: str, fee_micros: int, ends_us: int) -> s.PurchaseOut:
+    return s.PurchaseOut(
+        id=f"pur_{p.id}",
+        status=p.status,
+        customer=customer,
+        item=p.item_ref,
+        funding=p.funding.value,
+        price_micros=p.price_micros,
+        price=format_amount(p.price_micros, p.currency),
+        currency=p.currency,
+        fee_micros=fee_micros,
+        entitlement_ends_at_us=ends_us,
+        message="",
+    )
+
+
+def _receipt_out(r: Receipt, customer: str, item: str) -> s.PurchaseOut:
+    currency = r.currency or "USD"
+    return s.PurchaseOut(
+        id=f"pur_{r.purchase_id}" if r.purchase_id else None,
+        status=r.status.value,
+        customer=customer,
+        item=item,
+        funding=r.funding.value if r.funding else None,
+        price_micros=r.price_micros,
+        price=format_amount(r.price_micros, currency),
+        currency=r.currency,
+        fee_micros=r.fee_micros,
+        entitlement_ends_at_us=r.entitlement_ends_at_us,
+        message=r.message,
+    )
+
+
+def principal(
+    creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    request: Request,
+) -> Principal:
+    header = request.headers.get("authorization")
+    runtime: Runtime = request.app.state.runtime
+    return runtime.authenticate(header if creds is not None else None)
+
+
+def merchant_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if p.kind != "secret":
+        raise ApiError("key_scope_insufficient", "this endpoint needs a secret key")
+    return p
+
+
+def any_merchant_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if p.kind not in ("secret", "publishable"):
+        raise ApiError("key_scope_insufficient", "this endpoint needs a merchant key")
+    return p
+
+
+def operator_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if p.kind != "operator":
+        raise ApiError("key_scope_insufficient", "this endpoint needs the operator key")
+    return p
+
+
+Secret = Annotated[Principal, Depends(merchant_key)]
+AnyKey = Annotated[Principal, Depends(any_merchant_key)]
+Operator = Annotated[Principal, Depends(operator_key)]
+
+
+def build_router(rt: Runtime) -> APIRouter:
+    router = APIRouter()
+    v1 = APIRouter(prefix="/v1", responses=_ERRORS)
+
+    def idempotent(
+        p: Principal,
+        key: str,
+        request: Request,
+        body: BaseModel | None,
+        handler: Callable[[], tuple[int, bytes]],
+        *,
+        replay_body: Callable[[], bytes] | None = None,
+    ) -> Response:
+        request_id = str(getattr(request.state, "request_id", ""))
+        fingerprint = _fingerprint(request.url.path, body)
+
+        def run() -> tuple[int, bytes, bytes]:
+            status, body = handler()
+            return status, body, replay_body() if replay_body else body
+
+        status, out, replayed = rt.idempotent(p, key, fingerprint, run, request_id)
+        return _response(status, out, replayed)
+
+    def own_customer(tx: Any, p: Principal, public_id: str) -> Customer:
+        customer = tx.find_customer(public_id)
+        if customer is None or api_tx(tx).api_customer_owner(customer.id) != p.merchant_id:
+            raise ApiError.from_status(PurchaseStatus.customer_not_found)
+        return cast(Customer, customer)
+
+    def own_purchase(tx: Any, p: Principal, purchase_id: str) -> PurchaseRecord:
+        purchase = tx.get_purchase(int(purchase_id.removeprefix("pur_")))
+        if purchase is None or purchase.merchant_id != p.merchant_id:
+            raise ApiError("not_found", "purchase not found")
+        return cast(PurchaseRecord, purchase)
+
+    # --- health -------------------------------------------------------------
+
+    @router.get("/healthz", response_model=s.Health, tags=["ops"])
+    def healthz() -> s.Health:
+        return s.Health(status="ok")
+
+    @router.get(
+        "/readyz", response_model=s.Health, tags=["ops"], responses={503: {"model": s.Health}}
+    )
+    def readyz() -> Response:
+        try:
+            rt.read(lambda tx: api_tx(tx).api_merchant_mode(0))
+        except Exception:
+            return _response(503, _dump(s.Health(status="unavailable")))
+        return _response(200, _dump(s.Health(status="ready")))
+
+    # --- operator: merchants ---------------------------------------------------
+
+    @v1.post("/merchants", status_code=201, response_model=s.MerchantCreated, tags=["operator"])
+    def create_merchant(
+        body: s.MerchantCreate, p: Operator, request: Request, key: IdemKey
+    ) -> Response:
+        def run() -> tuple[int, bytes]:
+            payments = rt.payments()
+            new = api_keys.generate("secret", body.mode)
+            rows: list[ApiKeyRow] = []
+
+            def record(tx: Any, merchant: Merchant) -> None:
+                now_us = payments.clock()
+                row = ApiKeyRow(
+                    new.parsed.lookup,
+                    new.secret_sha256,
+                    "secret",
+                    body.mode,
+                    merchant.id,
+                    now_us,
+                    None,
+                )
+                api_tx(tx).insert_api_merchant(merchant.id, body.mode, now_us)
+                api_tx(tx).insert_api_key(row)
+                rows.append(row)
+
+            try:
+                merchant = payments.create_merchant(
+                    body.name,
+                    body.currency,
+                    funding_policy=tuple(FundingSource(x) for x in body.funding_policy),
+                    also=record,
+                )
+            except PaymentsInputError as error:
+                raise ApiError("validation_failed", str(error)) from None
+            out = s.MerchantCreated(
+                merchant=s.MerchantOut(
+                    id=merchant.public_id,
+                    name=merchant.name,
+                    currency=merchant.currency,
+                    mode=body.mode,
+                    funding_policy=[f.value for f in merchant.funding_policy],
+                ),
+                secret_key=s.KeyCreated(key=_key_out(rows[-1]), token=new.token),
+            )
+            replay.append(_dump(out.model_copy(update={"secret_key": _shown(out.secret_key)})))
+            return 201, _dump(out)
+
+        replay: list[bytes] = []
+        return idempotent(p, key, request, body, run, replay_body=lambda: replay[0])
+
+    # --- keys ------------------------------------------------------------------
+
+    @v1.post("/keys", status_code=201, response_model=s.KeyCreated, tags=["keys"])
+    def create_key(body: s.KeyCreate, p: Secret, request: Request, key: IdemKey) -> Response:
+        def run() -> tuple[int, bytes]:
+            new = api_keys.generate(body.kind, p.mode)
+            row = ApiKeyRow(
+                new.parsed.lookup,
+                new.secret_sha256,
+                body.kind,
+                p.mode,
+                p.merchant_id,
+                rt.config.clock(),
+                None,
+            )
+            rt.write(lambda tx: api_tx(tx).insert_api_key(row))
+            created = s.KeyCreated(key=_key_out(row), token=new.token)
+            replay.append(_dump(_shown(created)))
+            return 201, _dump(created)
+
+        replay: list[bytes] = []
+        return idempotent(p, key, request, body, run, replay_body=lambda: replay[0])
+
+    @v1.get("/keys", response_model=s.KeyList, tags=["keys"])
+    def list_keys(p: Secret) -> s.KeyList:
+        rows = rt.read(lambda tx: api_tx(tx).list_api_keys(p.merchant_id))
+        return s.KeyList(data=[_key_out(r) for r in rows])
+
+    @v1.post("/keys/{key_id}/revoke", response_model=s.KeyOut, tags=["keys"])
+    def revoke_key(
+        key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")],
+        p: Secret,
+        request: Request,
+        key: IdemKey,
+    ) -> Response:
+        def run() -> tuple[int, bytes]:
+            def revoke(tx: Any) -> ApiKeyRow:
+                sql = api_tx(tx)
+                row = sql.get_api_key(key_id)
+                if row is None or row.merchant_id != p.merchant_id:
+                    raise ApiError("not_found", "key not found")
+                sql.revoke_api_key(key_id, rt.config.clock())
+                found = sql.get_api_key(key_id)
+                assert found is not None
+                return found
+
+            return 200, _dump(_key_out(rt.write(revoke)))
+
+        return idempotent(p, key, request, None, run)
+
+    # --- customers -------------------------------------------------------------
+
+    @v1.post("/customers", status_code=201, response_model=s.CustomerOut, tags=["customers"])
+    def create_customer(
+        body: s.CustomerCreate, p: Secret, request: Request, key: IdemKey
+    ) -> Response:
+        def run() -> tuple[int, bytes]:
+            payments = rt.payments()
+            merchant = rt.read(lambda tx: tx.get_merchant(p.merchant_id))
+            customer = payments.create_customer(
+                merchant.currency,
+                processor_customer_token=body.processor_customer_token,
+                payment_method_token=body.payment_method_token,
+                also=lambda tx, c: api_tx(tx).insert_api_customer(
+                    c.id, p.merchant, payments.clock()
+                ),
+            )
+            return 201, _dump(_customer_out(customer))
+
+        return idempotent(p, key, request, body, run)
+
+    @v1.get("/customers/{customer_id}", response_model=s.CustomerOut, tags=["customers"])
+    def get_customer(
+        customer_id: Annotated[str, Path(pattern=r"^cus_[0-9a-f]{16}$")], p: Secret
+    ) -> s.CustomerOut:
+        return _customer_out(rt.read(lambda tx: own_customer(tx, p, customer_id)))
+
+    @v1.get("/customers", response_model=s.CustomerList, tags=["customers"])
+    def list_customers(
+        p: Secret,
+        limit: Limit = page_limit_default,
+        cursor: Annotated[str | None, Query(pattern=r"^cus_[0-9a-f]{16}$")] = None,
+    ) -> s.CustomerList:
+        def page(tx: Any) -> s.CustomerList:
+            after = own_customer(tx, p, cursor).id if cursor else 0
+            ids = api_tx(tx).list_api_customers(p.merchant, after, limit + 1)
+            rows = [tx.find_customer(i) for i in ids[:limit]]
+            data = [_customer_out(c) for c in rows if c is not None]
+            more = len(ids) > limit
+            return s.CustomerList(
+                data=data, has_more=more, next_cursor=data[-1].id if more else None
+            )
+
+        return rt.read(page)
+
+    # --- items -------------------------------------------------------------------
+
+    @v1.put("/items/{item_ref}", response_model=s.ItemOut, tags=["items"])
+    def put_item(
+        item_ref: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$")],
+        body: s.ItemPut,
+        p: Secret,
+    ) -> s.ItemOut:
+        try:
+            item = rt.payments().set_item(
+                p.merchant,
+                item_ref,
+                body.name,
+                body.price_micros,
+                access_period_s=body.access_period_s,
+            )
+        except PaymentsInputError as error:
+            raise ApiError("validation_failed", str(error)) from None
+        return _item_out(item)
+
+    @v1.get("/items/{item_ref}", response_model=s.ItemOut, tags=["items"])
+    def get_item(
+        item_ref: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$")], p: AnyKey
+    ) -> s.ItemOut:
+        item = rt.read(lambda tx: tx.get_item(p.merchant_id, item_ref))
+        if item is None:
+            raise ApiError.from_status(PurchaseStatus.item_not_found)
+        return _item_out(item)
+
+    # --- money ---------------------------------------------------------------------
+
+    @v1.post(
+        "/customers/{customer_id}/top-ups",
+        status_code=201,
+        response_model=s.TopUpOut,
+        tags=["wallets"],
+    )
+    def top_up(
+        customer_id: Annotated[str, Path(pattern=r"^cus_[0-9a-f]{16}$")],
+        body: s.TopUpCreate,
+        p: Secret,
+        request: Request,
+        key: IdemKey,
+    ) -> Response:
+        def run() -> tuple[int, bytes]:
+            customer = rt.read(lambda tx: own_customer(tx, p, customer_id))
+            receipt = rt.payments().top_up(customer.id, body.amount_micros, f"api:{key}")
+            http, _ = STATUS_HTTP[receipt.status]
+            if http >= 400:
+                raise ApiError.from_status(receipt.status)
+            out = s.TopUpOut(
+                id=f"chg_{receipt.charge_id}",
+                status=receipt.status.value,
+                customer=customer_id,
+                amount_micros=receipt.amount_micros,
+                amount=format_amount(receipt.amount_micros, customer.currency),
+                currency=customer.currency,
+            )
+            return http, _dump(out)
+
+        return idempotent(p, key, request, body, run)
+
+    @v1.post("/purchases", status_code=201, response_model=s.PurchaseOut, tags=["purchases"])
+    def purchase(body: s.PurchaseCreate, p: Secret, request: Request, key: IdemKey) -> Response:
+        def run() -> tuple[int, bytes]:
+            customer = rt.read(lambda tx: own_customer(tx, p, body.customer))
+            receipt = rt.payments().purchase(
+                p.merchant,
+                customer.id,
+                body.item,
+                key,
+                price_micros=body.price_micros,
+                currency=body.currency,
+            )
+            http, _ = STATUS_HTTP[receipt.status]
+            if http >= 400:
+                raise ApiError.from_status(receipt.status, receipt.message)
+            return http, _dump(_receipt_out(receipt, body.customer, body.item))
+
+        return idempotent(p, key, request, body, run)
+
+    def purchase_view(tx: Any, p: Principal, purchase: PurchaseRecord) -> s.PurchaseOut:
+        customer = tx.get_customer(purchase.customer_id)
+        charge = tx.get_charge(purchase.charge_id) if purchase.charge_id else None
+        ent = tx.active_entitlement(
+            p.merchant_id, purchase.customer_id, purchase.item_ref, rt.config.clock()
+        )
+        ends = ent.ends_at_us if ent is not None and ent.purchase_id == purchase.id else 0
+        return _purchase_out(
+            purchase,
+            customer.public_id if customer else "",
+            charge.fee_micros if charge else 0,
+            ends,
+        )
+
+    @v1.get("/purchases/{purchase_id}", response_model=s.PurchaseOut, tags=["purchases"])
+    def get_purchase(
+        purchase_id: Annotated[str, Path(pattern=r"^pur_[1-9][0-9]{0,17}$")], p: Secret
+    ) -> s.PurchaseOut:
+        return rt.read(lambda tx: purchase_view(tx, p, own_purchase(tx, p, purchase_id)))
+
+    @v1.get("/purchases", response_model=s.PurchaseList, tags=["purchases"])
+    def list_purchases(
+        p: Secret,
+        limit: Limit = page_limit_default,
+        cursor: Annotated[str | None, Query(pattern=r"^pur_[1-9][0-9]{0,17}$")] = None,
+    ) -> s.PurchaseList:
+        def page(tx: Any) -> s.PurchaseList:
+            after = own_purchase(tx, p, cursor).id if cursor else 0
+            ids = api_tx(tx).list_purchases(p.merchant, after, limit + 1)
+            data = []
+            for purchase_id in ids[:limit]:
+                found = tx.get_purchase(purchase_id)
+                if found is not None:
+                    data.append(purchase_view(tx, p, found))
+            more = len(ids) > limit
+            return s.PurchaseList(
+                data=data, has_more=more, next_cursor=data[-1].id if more else None
+            )
+
+        return rt.read(page)
+
+    @v1.post(
+        "/purchases/{purchase_id}/refunds",
+        status_code=201,
+        response_model=s.RefundOut,
+        tags=["refunds"],
+    )
+    def refund(
+        purchase_id: Annotated[str, Path(pattern=r"^pur_[1-9][0-9]{0,17}$")],
+        body: s.RefundCreate,
+        p: Secret,
+        request: Request,
+        key: IdemKey,
+    ) -> Response:
+        def run() -> tuple[int, bytes]:
+            purchase = rt.read(lambda tx: own_purchase(tx, p, purchase_id))
+            receipt = rt.payments().refunds.refund(
+                purchase.id, body.amount_micros, f"api:{key}", destination=body.destination
+            )
+            http, _ = STATUS_HTTP[receipt.status]
+            if http >= 400:
+                raise ApiError.from_status(receipt.status)
+            out = s.RefundOut(
+                id=f"ref_{receipt.refund_id}",
+                status=receipt.status.value,
+                purchase=purchase_id,
+                amount_micros=receipt.amount_micros,
+                amount=format_amount(receipt.amount_micros, purchase.currency),
+                destination=receipt.destination,
+            )
+            return http, _dump(out)
+
+        return idempotent(p, key, request, body, run)
+
+    # --- entitlements ----------------------------------------------------------------
+
+    @v1.get("/entitlements", response_model=s.EntitlementOut, tags=["entitlements"])
+    def entitlement(
+        p: AnyKey,
+        customer: Annotated[str, Query(pattern=r"^cus_[0-9a-f]{16}$")],
+        item: Annotated[str, Query(pattern=r"^[A-Za-z0-9._:-]{1,128}$")],
+    ) -> s.EntitlementOut:
+        found = rt.read(lambda tx: own_customer(tx, p, customer))
+        token = rt.payments().entitlement_token(p.merchant, found.id, item)
+        return s.EntitlementOut(customer=customer, item=item, active=token is not None, token=token)
+
+    @v1.get("/entitlement-keys", response_model=s.EntitlementKeys, tags=["entitlements"])
+    def entitlement_keys(p: AnyKey) -> s.EntitlementKeys:
+        signer = rt.config.signer
+        return s.EntitlementKeys(
+            keys=[
+                s.EntitlementKey(
+                    kid=signer.key_id, alg="EdDSA", public_key_pem=signer.public_key_pem()
+                )
+            ]
+        )
+
+    router.include_router(v1)
+    return router

@@ -1,0 +1,232 @@
+"""What the API's endpoints share: a store connection per worker thread, keys, limits.
+
+Endpoints are plain ``def`` functions run in the server's threadpool. Each
+thread opens its own store connection on first use (SQLite and psycopg
+connections are not shared between threads) and its own :class:`Payments`,
+all sharing one id generator, one processor and one entitlement signer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from micropay.api import keys as api_keys
+from micropay.api.errors import ApiError, envelope
+from micropay.payments.tokens import EntitlementSigner
+from micropay.processors.simulated import SimulatedProcessor
+from micropay.service.ids import IdGenerator
+from micropay.service.ledger import Clock, system_clock_us
+from micropay.service.payments import Payments
+from micropay.service.ports import PaymentsStore, Processor
+from micropay.store import open_store
+from micropay.store.api_sql import ApiSql
+
+T = TypeVar("T")
+request_bytes_max = 64 * 1024
+page_limit_max = 100
+page_limit_default = 20
+idempotency_in_progress_timeout_s = 60
+rate_buckets_max = 100_000
+
+
+@dataclass
+class ApiConfig:
+    database_url: str
+    processor: Processor = field(default_factory=SimulatedProcessor)
+    signer: EntitlementSigner = field(default_factory=EntitlementSigner.generate)
+    clock: Clock = system_clock_us
+    # Token bucket per API key, in memory per process: with N server processes a
+    # key may spend up to N times this rate. Enough against runaway clients; a
+    # shared limiter (Redis, the database) is the next step for strict quotas.
+    rate_per_s: float = 100.0
+    rate_burst: int = 200
+    request_bytes_max: int = request_bytes_max
+    worker_threads: int = 40  # each holds one store connection
+
+
+def api_tx(tx: Any) -> ApiSql:
+    """The API's SQL over a store transaction (bound to its cursor if not mixed in yet)."""
+    if isinstance(tx, ApiSql):
+        return tx
+    bound = ApiSql()
+    bound._cur = tx._cur
+    bound._sql = tx._sql  # type: ignore[method-assign]
+    return bound
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: str  # secret | publishable | operator
+    mode: str
+    lookup: str
+    merchant_id: int | None
+
+    @property
+    def merchant(self) -> int:
+        """The key's merchant (merchant keys only: the routes' dependencies check the kind)."""
+        if self.merchant_id is None:
+            raise ApiError("key_scope_insufficient", "this endpoint needs a merchant key")
+        return self.merchant_id
+
+    @property
+    def owner(self) -> str:
+        return f"m:{self.merchant_id}" if self.merchant_id is not None else "operator"
+
+
+class RateLimiter:
+    """Token buckets per key: ``burst`` requests at once, refilled at ``rate_per_s``."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._buckets) >= rate_buckets_max:
+                self._buckets.clear()  # bounded memory; a cleared bucket starts full
+            tokens, at = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate_per_s
+
+
+class Runtime:
+    def __init__(self, config: ApiConfig) -> None:
+        self.config = config
+        self.new_id = IdGenerator()
+        self.limiter = RateLimiter(config.rate_per_s, config.rate_burst)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[PaymentsStore] = []
+        self._generation = 0  # bumped by close(): threads then open fresh connections
+
+    def payments(self) -> Payments:
+        found = getattr(self._local, "payments", None)
+        if found is not None and self._local.generation == self._generation:
+            return cast(Payments, found)
+        store = cast(PaymentsStore, open_store(self.config.database_url))
+        with self._lock:
+            self._opened.append(store)
+        made = Payments(
+            store,
+            self.config.processor,
+            clock=self.config.clock,
+            new_id=self.new_id,
+            signer=self.config.signer,
+        )
+        self._local.payments = made
+        self._local.generation = self._generation
+        return made
+
+    def write(self, operation: Callable[[Any], T]) -> T:
+        """One write transaction, retried on transient errors."""
+        return self.payments().charges.tx(operation)
+
+    def read(self, operation: Callable[[Any], T]) -> T:
+        with self.payments().store.read() as tx:
+            return operation(tx)
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+            self._generation += 1
+        for store in opened:
+            store.close()
+
+    # --- authentication --------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise ApiError("authentication_required", "send Authorization: Bearer <api key>")
+        scheme, _, token = authorization.partition(" ")
+        parsed = api_keys.parse(token.strip()) if scheme.lower() == "bearer" else None
+        if parsed is None:
+            raise ApiError("api_key_invalid", "the API key is not valid")
+
+        def load(tx: Any) -> tuple[Any, str | None]:
+            sql = api_tx(tx)
+            row = sql.get_api_key(parsed.lookup)
+            mode = sql.api_merchant_mode(row.merchant_id) if row and row.merchant_id else None
+            return row, mode
+
+        row, merchant_mode = self.read(load)
+        if row is None or not api_keys.matches(token.strip(), row.secret_sha256):
+            raise ApiError("api_key_invalid", "the API key is not valid")
+        if row.revoked_at_us is not None:
+            raise ApiError("api_key_revoked", "this API key was revoked")
+        if row.kind != "operator" and merchant_mode != row.mode:
+            raise ApiError("mode_mismatch", "this key's mode does not match its merchant's data")
+        wait_s = self.limiter.take(row.lookup)
+        if wait_s > 0:
+            raise ApiError(
+                "rate_limited",
+                "too many requests for this key",
+                headers={"Retry-After": str(max(1, int(wait_s + 0.999)))},
+            )
+        return Principal(row.kind, row.mode, row.lookup, row.merchant_id)
+
+    # --- idempotency -----------------------------------------------------------
+
+    def idempotent(
+        self,
+        principal: Principal,
+        key: str,
+        fingerprint: str,
+        handler: Callable[[], tuple[int, bytes, bytes]],
+        request_id: str,
+    ) -> tuple[int, bytes, bool]:
+        """Run ``handler`` once per (owner, key): (status, body, replayed).
+
+        Same key, same request: the stored answer, byte for byte. Same key,
+        another request: 409. Still running: 409. A request that died mid-way
+        leaves an ``in_progress`` row, taken over after the timeout.
+
+        ``handler`` returns (status, body, body to store for replays): the two
+        bodies differ only where the answer holds a new API key, which is shown
+        once and never stored (a replay shows ``"token": null``).
+        """
+        owner = principal.owner
+        now_us = self.config.clock()
+        stale_before_us = now_us - idempotency_in_progress_timeout_s * 1_000_000
+
+        def start(tx: Any) -> tuple[int, bytes] | None:
+            sql = api_tx(tx)
+            row = sql.get_idempotency(owner, key)
+            if row is None:
+                sql.start_idempotency(owner, key, fingerprint, now_us)
+                return None
+            if row.fingerprint != fingerprint:
+                raise ApiError("idempotency_key_reused", "this key was used for another request")
+            if row.state == "done":
+                return row.status_code, row.body
+            if sql.restart_idempotency(owner, key, fingerprint, stale_before_us, now_us):
+                return None
+            raise ApiError("idempotency_request_in_progress", "a request with this key is running")
+
+        prior = self.write(start)
+        if prior is not None:
+            return prior[0], prior[1], True
+        try:
+            status, body, stored = handler()
+        except ApiError as error:
+            status, body = error.status, envelope(error.code, error.message, request_id)
+            stored = body
+        except BaseException:
+            self.write(lambda tx: api_tx(tx).abandon_idempotency(owner, key))
+            raise
+        if status >= 500:
+            self.write(lambda tx: api_tx(tx).abandon_idempotency(owner, key))
+        else:
+            self.write(lambda tx: api_tx(tx).finish_idempotency(owner, key, status, stored))
+        return status, body, False

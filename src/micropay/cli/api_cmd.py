@@ -1,0 +1,89 @@
+"""``micropay serve`` and ``micropay keys create|revoke|list``."""
+
+from __future__ import annotations
+
+import click
+
+from micropay.cli.options import database_url_option
+
+
+@click.command()
+@database_url_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65_535))
+@click.option(
+    "--threads",
+    default=40,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker threads, each with its own database connection.",
+)
+def serve(database_url: str, host: str, port: int, threads: int) -> None:
+    """Serve the HTTP API (run `micropay db upgrade` first)."""
+    import uvicorn
+
+    from micropay.api import ApiConfig, create_app
+    from micropay.store.migrate import upgrade
+
+    upgrade(database_url)
+    app = create_app(ApiConfig(database_url, worker_threads=threads))
+
+    click.echo(f"micropay API on http://{host}:{port} (OpenAPI at /openapi.json)")
+    # No access log from uvicorn: it would log raw paths; the app logs route templates.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+
+
+@click.group()
+def keys() -> None:
+    """API keys: shown once at creation, stored hashed."""
+
+
+@keys.command("create")
+@database_url_option
+@click.option("--operator", is_flag=True, help="A platform operator key (no merchant).")
+@click.option("--merchant", default=None, help="Merchant public id (mer_...).")
+@click.option(
+    "--kind", type=click.Choice(["secret", "publishable"]), default="secret", show_default=True
+)
+@click.option("--mode", type=click.Choice(["test", "live"]), default="test", show_default=True)
+def keys_create(
+    database_url: str, operator: bool, merchant: str | None, kind: str, mode: str
+) -> None:
+    """Create a key and print it once. Rotate by creating a new key, then revoking the old."""
+    from micropay.api.admin import KeyAdminError, create_key
+
+    try:
+        token = create_key(
+            database_url, "operator" if operator else kind, mode, None if operator else merchant
+        )
+    except KeyAdminError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(token)
+
+
+@keys.command("revoke")
+@database_url_option
+@click.argument("key_id")
+def keys_revoke(database_url: str, key_id: str) -> None:
+    """Revoke a key by its id (the 16 hex digits after the prefix)."""
+    from micropay.api.admin import revoke_key
+
+    if not revoke_key(database_url, key_id):
+        raise click.ClickException(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("list")
+@database_url_option
+@click.option("--merchant", default=None, help="Merchant public id; omit for operator keys.")
+def keys_list(database_url: str, merchant: str | None) -> None:
+    """List keys (ids only; secrets are never shown again)."""
+    from micropay.api.admin import KeyAdminError, list_keys
+
+    try:
+        rows = list_keys(database_url, merchant)
+    except KeyAdminError as error:
+        raise click.ClickException(str(error)) from None
+    for row in rows:
+        state = "revoked" if row.revoked_at_us is not None else "active"
+        click.echo(f"{row.lookup}  {row.kind:<11} {row.mode}  {state}")
