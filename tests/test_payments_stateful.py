@@ -26,9 +26,15 @@ the processor completes, and after EVERY step checks:
   unless a processor charge completed during it (an auto-reload or a tab
   settlement the refusal followed).
 
-``MICROPAY_PAYMENTS_EXAMPLES`` sets the SQLite examples (default 30; PostgreSQL
-runs a sixth, at least 3), ``MICROPAY_PAYMENTS_STEPS`` the steps per example
-(default 30), ``MICROPAY_HYPOTHESIS_RANDOM=1`` fresh random examples.
+``MICROPAY_PAYMENTS_EXAMPLES`` sets the SQLite examples (default 60; PostgreSQL
+runs a quarter, at least 3), ``MICROPAY_PAYMENTS_STEPS`` the steps per example
+(default 40), ``MICROPAY_HYPOTHESIS_RANDOM=1`` fresh random examples.
+
+The regression tests at the end are bugs the machine found in the services;
+they fail until the services are fixed (see each docstring). The machine keeps
+sub-cent prices away from merchants that take cards (first regression) so it
+can explore the rest; the double charge of the second regression is found by
+random runs (``MICROPAY_HYPOTHESIS_RANDOM=1 MICROPAY_PAYMENTS_EXAMPLES=150``).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -73,9 +79,9 @@ from micropay.service.reconcile import reconcile
 from micropay.service.refunds import RefundStatus
 from micropay.store import open_store
 
-EXAMPLES = int(os.environ.get("MICROPAY_PAYMENTS_EXAMPLES", "30"))
-PG_EXAMPLES = max(3, EXAMPLES // 6)
-STEPS = int(os.environ.get("MICROPAY_PAYMENTS_STEPS", "30"))
+EXAMPLES = int(os.environ.get("MICROPAY_PAYMENTS_EXAMPLES", "60"))
+PG_EXAMPLES = max(3, EXAMPLES // 4)
+STEPS = int(os.environ.get("MICROPAY_PAYMENTS_STEPS", "40"))
 FIGURES: dict[str, int] = defaultdict(int)
 TIMEOUT_RETRY_S = 61  # > charges.retry_backoff_s
 
@@ -256,10 +262,12 @@ class PaymentsMachine(RuleBasedStateMachine):
             return False
         return p.ends_at_us == 0 or p.ends_at_us > self.clock.now_us
 
-    def _refused(self, before: dict[int, tuple[int, int, int, int]], what: str) -> None:
+    def _refused(
+        self, before: dict[int, tuple[int, int, int, int]], what: str, charged: bool = False
+    ) -> None:
         """A refusal: nothing moved, unless a charge finished during the call."""
         FIGURES[f"refused_{what}"] += 1
-        if not self._charges_changed():
+        if not (self._charges_changed() or charged):
             assert self._counters() == before, f"refused {what} changed a balance"
 
     def _spend(self, customer: int, merchant: int, source: FundingSource, amount: int) -> None:
@@ -320,7 +328,10 @@ class PaymentsMachine(RuleBasedStateMachine):
         ),
     )
     def open_customers(self, pms: list[str]) -> object:
-        return multiple(*(self.create_customer(pm) for pm in pms))
+        opened = [self.create_customer(pm) for pm in pms]
+        for c in opened:  # most stories start with some wallet money
+            self.top_up(c, usd("20") if self.customer_pm[c] else usd("5"), "none", "new")
+        return multiple(*opened)
 
     @initialize(target=items, prices=st.lists(st.sampled_from(PRICES), min_size=2, max_size=2))
     def open_items(self, prices: list[int]) -> object:
@@ -382,6 +393,11 @@ class PaymentsMachine(RuleBasedStateMachine):
         ref = f"item-{n}"
         if (merchant, ref) in self.item_price:
             return (merchant, ref)  # prices are set once (a price change is its own story)
+        if D in self.merchant_policy[merchant] and price % 10_000:
+            # A card charges whole cents only: see the regression test at the end
+            # (a sub-cent direct price is a known bug; kept out of the machine).
+            price -= price % 10_000 or 0
+            price = price or usd("0.01")
         self.payments.set_item(merchant, ref, ref, price, access_period_s=period_s)
         self.item_price[(merchant, ref)] = (price, period_s)
         return (merchant, ref)
@@ -454,14 +470,29 @@ class PaymentsMachine(RuleBasedStateMachine):
 
     # --- purchases -----------------------------------------------------------
 
-    @rule(
-        target=purchases,
-        customer=customers,
-        item=items,
-        fault=st.sampled_from(FAULTS),
-        how=st.sampled_from(["new", "new", "new", "same_key", "same_key_other_item", "unknown"]),
-    )
+    purchase_args: ClassVar[dict[str, object]] = {
+        "target": purchases,
+        "customer": customers,
+        "item": items,
+        "fault": st.sampled_from(FAULTS),
+        "how": st.sampled_from(["new", "new", "new", "same_key", "same_key_other_item", "unknown"]),
+    }
+
+    # Purchases are the heart of the model: three rules (Hypothesis picks rules
+    # uniformly) so they make up a fair share of the steps.
+    @rule(**purchase_args)
     def purchase(self, customer: int, item: tuple[int, str], fault: str, how: str) -> int:
+        return self._purchase(customer, item, fault, how)
+
+    @rule(**purchase_args)
+    def purchase_more(self, customer: int, item: tuple[int, str], fault: str, how: str) -> int:
+        return self._purchase(customer, item, fault, how)
+
+    @rule(**purchase_args)
+    def purchase_again(self, customer: int, item: tuple[int, str], fault: str, how: str) -> int:
+        return self._purchase(customer, item, fault, how)
+
+    def _purchase(self, customer: int, item: tuple[int, str], fault: str, how: str) -> int:
         merchant, ref = item
         key = self._key("buy")
         mine = [(k, v) for (m, k), v in self.purchase_keys.items() if m == merchant]
@@ -511,6 +542,18 @@ class PaymentsMachine(RuleBasedStateMachine):
             assert r.purchase_id == owned[0].id
             self._refused(before, "purchase_owned")
             return r.purchase_id
+        waiting = [
+            p
+            for p in self.bought.values()
+            if (p.merchant, p.customer, p.item_ref) == request and p.status == "charge_pending"
+        ]
+        if r.replayed and waiting:
+            # The fix proposed for the double charge: a new key while the charge
+            # for this item waits returns that purchase (the new key is not kept).
+            assert r.purchase_id == waiting[0].id, (r, waiting)
+            assert r.status is PurchaseStatus.charge_pending, r
+            self._refused(before, "purchase_waiting")
+            return r.purchase_id
         if r.purchase_id == 0 or r.status not in (
             PurchaseStatus.ok,
             PurchaseStatus.charge_pending,
@@ -526,6 +569,7 @@ class PaymentsMachine(RuleBasedStateMachine):
             self._refused(before, "purchase")
             return 0
         assert r.price_micros == price
+        FIGURES[f"purchase_paid_by_{r.funding and r.funding.value}"] += 1
         assert r.funding is not None
         self.purchase_keys[(merchant, key)] = (request, r.purchase_id)
         p = Purchase(r.purchase_id, merchant, customer, ref, price, r.funding, "charge_pending")
@@ -645,7 +689,7 @@ class PaymentsMachine(RuleBasedStateMachine):
     # --- gift cards ------------------------------------------------------------------
 
     @rule(
-        value=st.sampled_from([usd("1"), usd("5")]),
+        value=st.sampled_from([usd("0.10"), usd("1"), usd("5")]),
         expires_days=st.sampled_from([0, 1, 40]),
         merchant=st.one_of(st.just(0), merchants),
     )
@@ -673,7 +717,14 @@ class PaymentsMachine(RuleBasedStateMachine):
     def redeem_card(self, data: st.DataObject, customer: int) -> None:
         if not self.gift_cards:
             return
-        card = data.draw(st.sampled_from(self.gift_cards))
+        # Mostly a card with value left, store credit first (to buy with it next).
+        unspent = (
+            [c for c in self.gift_cards if c.remaining and c.merchant]
+            or [c for c in self.gift_cards if c.remaining]
+            or self.gift_cards
+        )
+        pool = unspent if data.draw(st.booleans()) else self.gift_cards
+        card = data.draw(st.sampled_from(pool))
         before = self._counters()
         r = self.cards.redeem(customer, card.code, self._key("redeem"))
         FIGURES[f"card_redeem_{r.status.value}"] += 1
@@ -690,6 +741,7 @@ class PaymentsMachine(RuleBasedStateMachine):
                 else chart.wallet_account(customer, "USD")
             )
             self.o.move(gc.card_account_id(card.id, "USD"), dest, card.remaining)
+            FIGURES["store_credit_redeemed" if card.merchant else "gift_card_redeemed"] += 1
             card.remaining = 0
             return
         self._refused(before, "card_redeem")
@@ -719,6 +771,23 @@ class PaymentsMachine(RuleBasedStateMachine):
         ), r
         self._refused(before, "card_till")
 
+    @rule(customer=customers, item=items)
+    def spend_store_credit(self, customer: int, item: tuple[int, str]) -> None:
+        """The merchant grants store credit worth the item out of its earnings;
+        the customer redeems it and buys the item (store credit pays first)."""
+        merchant, price = item[0], self.item_price[item][0]
+        if self.o.net[chart.payable_account(merchant, "USD")] < price:
+            return
+        self.issue_card(price, 0, merchant)
+        card = self.gift_cards[-1]
+        r = self.cards.redeem(customer, card.code, self._key("redeem"))
+        assert r.status is RedeemStatus.ok, r
+        credit = chart.store_credit_account(customer, merchant, "USD")
+        self.o.move(gc.card_account_id(card.id, "USD"), credit, price)
+        card.remaining = 0
+        FIGURES["store_credit_redeemed"] += 1
+        self._purchase(customer, item, "none", "new")
+
     @rule()
     def expire_cards(self) -> None:
         run = self.cards.expire_gift_cards()
@@ -747,13 +816,13 @@ class PaymentsMachine(RuleBasedStateMachine):
         before = self._counters()
         r = self.tips.tip(merchant, customer, amount, self._key("tip"))
         FIGURES[f"tip_{r.status.value}"] += 1
-        self._charges_changed()  # a tab settlement may come first
+        charged = self._charges_changed()  # a tab settlement may come first
         if r.ok:
             assert r.funding in (W, T)
             assert r.funding in self.merchant_policy[merchant]
             self._spend(customer, merchant, r.funding, amount)  # type: ignore[arg-type]
         else:
-            self._refused(before, "tip")
+            self._refused(before, "tip", charged)
 
     @rule(merchant=merchants, customer=customers, quantity=st.integers(1, 2_000))
     def usage(self, merchant: int, customer: int, quantity: int) -> None:
@@ -864,7 +933,7 @@ def test_payments_stateful_sqlite(sqlite_template: Path, tmp_path: Path) -> None
         return cast(PaymentsStore, open_store(f"sqlite:///{path}"))
 
     figures = _run(opener, EXAMPLES)
-    assert figures.get("purchase_ok", 0) > 0
+    assert figures.get("purchase_ok", 0) >= EXAMPLES // 3
 
 
 @pytest.mark.postgres
@@ -875,3 +944,88 @@ def test_payments_stateful_postgres(pg_schemas: PgSchemas) -> None:
         return cast(PaymentsStore, open_store(pg_schemas.new_url()))
 
     _run(opener, PG_EXAMPLES)
+
+
+# --- regressions found by the machine --------------------------------------------
+
+
+def test_a_direct_purchase_of_a_sub_cent_price_is_refused_not_left_stuck(
+    store: PaymentsStore, clock: FakeClock
+) -> None:
+    """Found by the machine: a 1.2345 USD item at a merchant that takes cards.
+
+    The fee guard allows it (5% + 0.05 is under 15%), so the purchase records a
+    pending direct charge of 1.2345 USD and commits; ``ChargeEngine.run`` then
+    raises ``ValueError`` (a card charges whole cents only). The purchase stays
+    ``charge_pending`` forever and every later ``run_due`` raises on it, which
+    stalls every other customer's recovery and dunning. Expected: a clear
+    refusal that writes nothing, and the due-charge job unaffected.
+    """
+    processor = SimulatedProcessor()
+    payments = Payments(store, processor, clock=clock)
+    shop = payments.create_merchant("Odd Prices", "USD", funding_policy=(D,))
+    buyer = payments.create_customer("USD", payment_method_token="pm_ok")
+    payments.set_item(shop.id, "odd", "Odd", usd("1.2345"))
+    before = payments.charges.tx(lambda tx: tx.charges_for_reconcile())
+    receipt = payments.purchase(shop.id, buyer.id, "odd", "k1")
+    assert receipt.status is PurchaseStatus.fee_guard_refused, receipt
+    assert payments.charges.tx(lambda tx: tx.charges_for_reconcile()) == before
+    assert payments.charges.run_due() == []
+    assert reconcile(store).ok
+    assert reconcile_processor(store, processor.succeeded_charges()) == []
+
+
+def test_a_second_key_while_a_direct_charge_is_pending_does_not_charge_twice(
+    store: PaymentsStore, clock: FakeClock
+) -> None:
+    """Found while building the machine: one item, two card charges, two entitlements.
+
+    The first purchase's card charge times out after the processor charged
+    (``charge_pending``); the customer taps "buy" again, which sends a new key.
+    The service sees no entitlement yet and starts a second charge, which
+    succeeds; recovery then completes the first one too: 10.00 USD taken for a
+    5.00 USD item (RELIABILITY: "a customer is never charged twice for one
+    thing"). Expected: the second request returns the pending purchase.
+    """
+    processor = SimulatedProcessor()
+    payments = Payments(store, processor, clock=clock)
+    shop = payments.create_merchant("Cards Only", "USD", funding_policy=(D,))
+    buyer = payments.create_customer("USD", payment_method_token="pm_ok")
+    payments.set_item(shop.id, "book", "Book", usd("5"))
+    processor.faults.timeout_after_charge = 1.0
+    first = payments.purchase(shop.id, buyer.id, "book", "tap-1")
+    processor.faults.timeout_after_charge = 0.0
+    assert first.status is PurchaseStatus.charge_pending
+    second = payments.purchase(shop.id, buyer.id, "book", "tap-2")
+    clock.advance(TIMEOUT_RETRY_S)
+    payments.charges.run_due()
+    assert reconcile(store).ok
+    assert reconcile_processor(store, processor.succeeded_charges()) == []
+    assert second.purchase_id == first.purchase_id, (first, second)
+    assert list(processor.succeeded_charges().values()) == [(500, "USD")]
+
+
+def test_a_purchase_above_the_tab_limit_does_not_settle_the_tab_for_nothing(
+    store: PaymentsStore, clock: FakeClock
+) -> None:
+    """Found by the machine: settling cannot help when the price is above the limit.
+
+    Bob owes 0.30 on a 1.00 tab and buys a 5.00 item at a tab-only merchant.
+    The funding choice asks for a settlement because the tab cannot pay, so his
+    card is charged 0.30 (a 0.065 fee, a fifth of it; a 0.01 settlement costs
+    0.0505, more than it collects), and then the purchase is refused anyway:
+    even the limit raised by a settlement paid on time (2.00) is below the
+    price. The same happens to tips.
+    Expected: ``insufficient_funds`` at once, no processor charge.
+    """
+    processor = SimulatedProcessor()
+    payments = Payments(store, processor, clock=clock)
+    shop = payments.create_merchant("Tab Only", "USD", funding_policy=(T,))
+    bob = payments.create_customer("USD", payment_method_token="pm_ok")
+    payments.set_item(shop.id, "song", "Song", usd("0.30"))
+    payments.set_item(shop.id, "album", "Album", usd("5"))
+    assert payments.purchase(shop.id, bob.id, "song", "k1").funding is T
+    refused = payments.purchase(shop.id, bob.id, "album", "k2")
+    assert refused.status is PurchaseStatus.insufficient_funds
+    assert processor.succeeded_charges() == {}
+    assert reconcile(store).ok

@@ -464,9 +464,17 @@ class Payments:
         credit_id = _store_credit_id(customer_id, merchant_id, item.currency)
         accounts = tx.lock_accounts([wallet_id, tab_id, *([credit_id] if credit_id else [])])
         store_credit = accounts.get(credit_id) if credit_id else None
+        # A direct charge for this item already waits for the processor: that is
+        # this purchase (a second key must not start a second charge).
+        waiting = tx.pending_purchase(merchant_id, customer_id, item_ref)
+        if waiting is not None:
+            return self._receipt(tx, waiting, replayed=True)
         guard = None
         if FundingSource.direct in merchant.funding_policy:
             schedule = self.charges.schedule_for(item.price_micros, item.currency)
+            exponent = self.charges.processor.minor_exponent(item.currency)
+            if to_minor_units(item.price_micros, exponent, Rounding.DOWN)[1]:
+                schedule = None  # a card charges whole minor units only
             guard = (
                 None
                 if schedule is None
@@ -485,7 +493,10 @@ class Payments:
             wallet_available=available_micros(accounts[wallet_id]),
             tab_available=available_micros(accounts[tab_id]),
             tab_frozen=customer.tab_state is TabState.frozen,
-            tab_settlable=not retried,
+            # Settling helps only if the price fits the limit a paid settlement gives.
+            tab_settlable=not retried
+            and item.price_micros
+            <= self.tab_policy.raised_limit(accounts[tab_id].credit_limit_micros),
             wallet_reloadable=not retried and customer.auto_reload_amount_micros > 0,
             has_payment_method=bool(customer.payment_method_token),
             guard=guard,

@@ -256,6 +256,18 @@ class PaymentsSql(GiftCardsSql, BillingSql, ProcessorEventsSql, ApiSql):
         )
         return None if row is None else _purchase(row)
 
+    def pending_purchase(
+        self, merchant_id: int, customer_id: int, item_ref: str
+    ) -> PurchaseRecord | None:
+        """The purchase of this item whose direct charge still waits, if any."""
+        row = self._one(
+            f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE merchant_id = ?"
+            " AND customer_id = ? AND item_ref = ? AND status = 'charge_pending'"
+            " ORDER BY created_at_us, id LIMIT 1",
+            (merchant_id, customer_id, item_ref),
+        )
+        return None if row is None else _purchase(row)
+
     def get_purchase(self, purchase_id: int) -> PurchaseRecord | None:
         row = self._one(f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE id = ?", (purchase_id,))
         return None if row is None else _purchase(row)

@@ -148,7 +148,11 @@ class _Base:
                 accounts[chart.tab_account(customer.id, customer.currency)]
             ),
             tab_frozen=customer.tab_state is TabState.frozen,
-            tab_settlable=settlable,
+            tab_settlable=settlable
+            and amount_micros
+            <= self.payments.tab_policy.raised_limit(
+                accounts[chart.tab_account(customer.id, customer.currency)].credit_limit_micros
+            ),
             has_payment_method=bool(customer.payment_method_token),
             guard=None,
         )
