@@ -375,3 +375,19 @@ def test_no_endpoint_answers_without_credentials(api: Api) -> None:
                 assert r.status_code == 401, (method, path, header, r.text)
                 checked += 1
     assert checked >= 3 * 14
+
+
+def test_the_signing_key_survives_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Tokens signed before a restart still verify after it: the key is kept, not regenerated."""
+    import os as _os
+
+    from micropay.cli.api_cmd import load_or_create_signer
+
+    path = tmp_path / "signing.pem"
+    first = load_or_create_signer(path)
+    assert _os.stat(path).st_mode & 0o777 == 0o600
+    again = load_or_create_signer(path)
+    assert again.public_key_pem() == first.public_key_pem()
+    assert again.key_id == first.key_id
+    other = load_or_create_signer(tmp_path / "other.pem")
+    assert other.public_key_pem() != first.public_key_pem()  # control: a new file, a new key

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 from micropay.cli.options import database_url_option
+from micropay.payments.tokens import EntitlementSigner
 
 
 @click.command()
@@ -18,19 +22,44 @@ from micropay.cli.options import database_url_option
     type=click.IntRange(1, 256),
     help="Worker threads, each with its own database connection.",
 )
-def serve(database_url: str, host: str, port: int, threads: int) -> None:
-    """Serve the HTTP API (run `micropay db upgrade` first)."""
+@click.option(
+    "--signing-key-file",
+    envvar="MICROPAY_SIGNING_KEY_FILE",
+    default="micropay-signing-key.pem",
+    show_default=True,
+    help="Ed25519 key (PEM) that signs entitlement tokens; created on first start"
+    " (env MICROPAY_SIGNING_KEY_FILE).",
+)
+def serve(database_url: str, host: str, port: int, threads: int, signing_key_file: str) -> None:
+    """Serve the HTTP API (migrates the database first)."""
     import uvicorn
 
     from micropay.api import ApiConfig, create_app
     from micropay.store.migrate import upgrade
 
     upgrade(database_url)
-    app = create_app(ApiConfig(database_url, worker_threads=threads))
+    signer = load_or_create_signer(Path(signing_key_file))
+    app = create_app(ApiConfig(database_url, worker_threads=threads, signer=signer))
 
     click.echo(f"micropay API on http://{host}:{port} (OpenAPI at /openapi.json)")
     # No access log from uvicorn: it would log raw paths; the app logs route templates.
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+
+
+def load_or_create_signer(path: Path) -> EntitlementSigner:
+    """The entitlement signing key from ``path``; created (mode 0600) on first start.
+
+    Tokens must verify across restarts and worker processes, so the key is
+    never generated per process.
+    """
+    if path.exists():
+        return EntitlementSigner.from_pem(path.read_bytes())
+    signer = EntitlementSigner.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(signer.private_key_pem())
+    click.echo(f"created the entitlement signing key {path} (keep it secret, back it up)")
+    return EntitlementSigner.from_pem(path.read_bytes())
 
 
 @click.group()

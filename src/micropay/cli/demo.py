@@ -45,28 +45,6 @@ def run_demo(database_url: str, *, customers: int, purchases: int, seed: int) ->
             for i in range(customers)
         ]
         ledger.submit(topups)
-        refused = 0
-        with click.progressbar(length=purchases, label="purchases") as bar:
-            done = 0
-            while done < purchases:
-                batch = []
-                for _ in range(min(500, purchases - done)):
-                    price = rng.choice(["0.05", "0.10", "0.25", "0.0004", "0.99"])
-                    batch.append(
-                        Transfer(
-                            new_id(),
-                            CUSTOMER_BASE + rng.randrange(customers),
-                            rng.choice(list(MERCHANTS)),
-                            parse_amount(price, "USD"),
-                            "USD",
-                            code=CODE_PURCHASE,
-                            reference="article",
-                        )
-                    )
-                results = ledger.submit(batch)
-                refused += sum(1 for r in results if not r.ok)
-                done += len(batch)
-                bar.update(len(batch))
         # A hold: reserve 1.00, then post 0.30 of it (pay for what was used).
         hold_id = new_id()
         hold = Transfer(
@@ -89,6 +67,29 @@ def run_demo(database_url: str, *, customers: int, purchases: int, seed: int) ->
             pending_id=hold_id,
         )
         hold_results = ledger.submit([hold, post])
+        refused = 0
+        with click.progressbar(length=purchases, label="purchases") as bar:
+            done = 0
+            while done < purchases:
+                batch = []
+                for _ in range(min(500, purchases - done)):
+                    price = rng.choice(["0.05", "0.10", "0.25", "0.0004", "0.99"])
+                    batch.append(
+                        Transfer(
+                            new_id(),
+                            CUSTOMER_BASE + rng.randrange(customers),
+                            rng.choice(list(MERCHANTS)),
+                            parse_amount(price, "USD"),
+                            "USD",
+                            code=CODE_PURCHASE,
+                            reference="article",
+                        )
+                    )
+                results = ledger.submit(batch)
+                refused += sum(1 for r in results if not r.ok)
+                done += len(batch)
+                bar.update(len(batch))
+
         elapsed = time.perf_counter() - started
         accounts = ledger.accounts([*MERCHANTS, CUSTOMER_BASE])
         click.echo(f"{purchases} purchases in {elapsed:.2f}s; {refused} refused for lack of funds")

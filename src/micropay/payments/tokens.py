@@ -7,6 +7,7 @@ with the published public key (PEM or JWK), no call to micropay needed.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +41,24 @@ class EntitlementSigner:
         return cls(Ed25519PrivateKey.generate(), key_id)
 
     @classmethod
-    def from_pem(cls, pem: bytes, key_id: str) -> EntitlementSigner:
+    def from_pem(cls, pem: bytes, key_id: str | None = None) -> EntitlementSigner:
+        """Load a PEM private key; the key id defaults to a fingerprint of its public key."""
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError("the entitlement signing key must be Ed25519")
+        if key_id is None:
+            raw = key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+            key_id = hashlib.sha256(raw).hexdigest()[:16]
         return cls(key, key_id)
+
+    def private_key_pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     def public_key_pem(self) -> str:
         return (
