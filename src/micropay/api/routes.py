@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -20,6 +21,7 @@ from micropay.core.money import format_amount
 from micropay.payments.models import Customer, FundingSource, Item, Merchant, PurchaseStatus
 from micropay.payments.records import PurchaseRecord
 from micropay.service.payments import PaymentsInputError, Receipt
+from micropay.service.processor_events import EventStatus, ProcessorEvents
 from micropay.store.api_sql import ApiKeyRow
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: mp_sk_..., mp_pk_... or mp_op_...")
@@ -523,6 +525,56 @@ def build_router(rt: Runtime) -> APIRouter:
                     kid=signer.key_id, alg="EdDSA", public_key_pem=signer.public_key_pem()
                 )
             ]
+        )
+
+    # --- processor events (webhooks in) -----------------------------------------
+
+    @v1.post(
+        "/processor-events",
+        response_model=s.ProcessorEventOut,
+        tags=["processor"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    async def processor_event(
+        request: Request,
+        stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+    ) -> Response:
+        """A signed event from the card processor (Stripe's webhook format).
+
+        Authenticated by the processor's signature, not an API key: a missing,
+        wrong, stale or future-dated signature answers 401 and changes nothing.
+        An event for a charge not yet known here answers 409, so the processor
+        delivers it again later. Each event applies once; redeliveries replay.
+        """
+        payload = await request.body()
+        if not stripe_signature:
+            raise ApiError("event_signature_invalid", "the Stripe-Signature header is missing")
+        signature = stripe_signature
+        outcome = await run_in_threadpool(
+            lambda: ProcessorEvents(rt.payments()).handle(
+                payload, signature, rt.payments().clock() // 1_000_000
+            )
+        )
+        if outcome.status is EventStatus.rejected:
+            raise ApiError("event_signature_invalid", "the event could not be verified")
+        if outcome.status is EventStatus.deferred:
+            raise ApiError("event_deferred", "the event refers to a charge not known yet")
+        return _response(
+            200,
+            _dump(
+                s.ProcessorEventOut(
+                    event_id=outcome.event_id,
+                    kind=outcome.kind,
+                    status=outcome.status.value,
+                    effect=outcome.effect.value,
+                    replayed=outcome.replayed,
+                )
+            ),
         )
 
     router.include_router(v1)

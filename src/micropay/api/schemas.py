@@ -54,6 +54,16 @@ class Health(BaseModel):
     status: str
 
 
+class ProcessorEventOut(BaseModel):
+    """What an incoming processor event did (each event applies once; a redelivery replays)."""
+
+    event_id: str
+    kind: str
+    status: str  # applied | ignored
+    effect: str
+    replayed: bool
+
+
 # --- merchants and keys ---------------------------------------------------------
 
 
