@@ -24,6 +24,9 @@ Ids stay below 2**62 (the system-reserved range).
 | customer_tab | customer | receivable as a credit line | debits_must_not_exceed_credits + credit limit | purchases (debit), settlement charges (credit) |
 | store_credit | customer x merchant | liability (credit) | debits_must_not_exceed_credits | merchant-restricted credit |
 | merchant_payable | merchant | liability (credit) | none | sales (credit), refunds (debit) |
+| payee_pending | payee | liability (credit) | none | revenue shares during the holding period |
+| payee_available | payee | liability (credit) | none (negative = a debt) | released shares (credit), payouts (debit) |
+| payee_deposits | payee | asset (debit) | none | micro-deposits sent and taken back |
 
 A tab's balance is negative while the customer owes; its credit limit is the
 tab limit. Money the processor holds for us sits in ``processor_clearing``; a
@@ -58,6 +61,9 @@ class Kind(enum.IntEnum):
     customer_tab = 11
     store_credit = 12
     merchant_payable = 20
+    payee_pending = 21
+    payee_available = 22
+    payee_deposits = 23
 
 
 owner_id_max = 2**36 - 1

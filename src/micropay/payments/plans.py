@@ -35,6 +35,14 @@ class Code(enum.IntEnum):
     dispute = 51
     dispute_fee = 52
     dispute_reversal = 53
+    platform_fee = 60
+    sale_share = 61
+    share_release = 62
+    fee_reversal = 63
+    share_reversal = 64
+    payout = 65
+    micro_deposit = 66
+    micro_deposit_return = 67
 
 
 def purchase_transfer(

@@ -57,6 +57,7 @@ class SimulatedProcessor:
         self._refunds: dict[str, RefundResult] = {}
         self._refunded: dict[str, int] = {}
         self._payouts: dict[str, PayoutResult] = {}
+        self._payout_currency: dict[str, str] = {}
         self._secret = webhook_secret.encode()
         self.calls = 0
 
@@ -118,7 +119,17 @@ class SimulatedProcessor:
                 payout_id = f"po_sim_{len(self._payouts) + 1:08d}"
                 first = PayoutResult(Outcome.succeeded, payout_id, request.amount_minor)
                 self._payouts[request.idempotency_key] = first
+                self._payout_currency[request.idempotency_key] = request.currency
             return first
+
+    def succeeded_payouts(self) -> dict[str, tuple[int, str]]:
+        """payout id -> (amount in minor units, currency): the rail's own books of payouts."""
+        with self._lock:
+            return {
+                r.payout_id: (r.amount_minor, self._payout_currency[key])
+                for key, r in self._payouts.items()
+                if r.outcome is Outcome.succeeded
+            }
 
     def succeeded_charges(self) -> dict[str, tuple[int, str]]:
         """charge id -> (amount in minor units, currency): the processor's own books."""

@@ -124,6 +124,9 @@ class Payments:
             tab_policy=self.tab_policy,
         )
         self.charges.direct_paid = self._grant_after_direct_charge
+        # Called with (tx, purchase id) in the transaction that makes a purchase
+        # paid: revenue splits (payouts) attach here.
+        self.sale_hooks: list[Callable[[PaymentsWriteTx, int], object]] = []
         self.refunds = RefundService(self.charges)
         self.signer = signer or EntitlementSigner.generate()
         self.topup_min_micros = topup_min_micros
@@ -541,6 +544,7 @@ class Payments:
                 now_us,
             )
             tx.insert_purchase(record)
+            self._run_sale_hooks(tx, record.id)
             self._grant(tx, record, item.access_period_s, now_us)
             return self._receipt(tx, record)
         if choice.source is FundingSource.direct:
@@ -617,6 +621,11 @@ class Payments:
             raise KeyError(f"purchase {purchase_id} vanished")
         item = tx.get_item(purchase.merchant_id, purchase.item_ref)
         self._grant(tx, purchase, item.access_period_s if item else 0, now_us)
+        self._run_sale_hooks(tx, purchase_id)
+
+    def _run_sale_hooks(self, tx: PaymentsWriteTx, purchase_id: int) -> None:
+        for hook in self.sale_hooks:
+            hook(tx, purchase_id)
 
     def _receipt(
         self, tx: PaymentsWriteTx, p: PurchaseRecord, *, replayed: bool = False

@@ -11,6 +11,7 @@ reserved amount back.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from micropay.core.money import Rounding, to_minor_units
@@ -59,6 +60,12 @@ class _CardRefund:
 class RefundService:
     def __init__(self, charges: ChargeEngine) -> None:
         self.charges = charges
+        # Called with (tx, refund id) in the transaction that settles a refund.
+        self.refund_hooks: list[Callable[[PaymentsWriteTx, int], object]] = []
+
+    def _run_refund_hooks(self, tx: PaymentsWriteTx, refund_id: int) -> None:
+        for hook in self.refund_hooks:
+            hook(tx, refund_id)
 
     def refund(
         self,
@@ -168,6 +175,7 @@ class RefundService:
             )
         )
         self._revoke_if_fully_refunded(tx, purchase.id)
+        self._run_refund_hooks(tx, refund_id)
         return RefundReceipt(RefundStatus.ok, refund_id, amount_micros, source.value)
 
     def _refund_card(self, step: _CardRefund) -> RefundReceipt:
@@ -205,6 +213,7 @@ class RefundService:
                 if not posted.ok:
                     raise LedgerInvariantError(f"card refund refused: {posted.status.value}")
                 self._revoke_if_fully_refunded(tx, purchase.id)
+                self._run_refund_hooks(tx, refund.id)
             return RefundReceipt(RefundStatus.ok, refund.id, refund.amount_micros, "card")
 
         return self.charges.tx(record)

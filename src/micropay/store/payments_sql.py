@@ -27,6 +27,7 @@ from micropay.store.billing_sql import BillingSql
 from micropay.store.events_sql import ProcessorEventsSql
 from micropay.store.gift_cards_sql import GiftCardsSql
 from micropay.store.jobs_sql import JobsSql
+from micropay.store.payouts_sql import PayoutsSql
 from micropay.store.sql import Cursor
 
 _MERCHANT_COLUMNS = (
@@ -115,7 +116,7 @@ def _refund(r: Sequence[Any]) -> RefundRecord:
     return RefundRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or "", r[9])
 
 
-class PaymentsSql(GiftCardsSql, BillingSql, ProcessorEventsSql, ApiSql, JobsSql):
+class PaymentsSql(GiftCardsSql, BillingSql, ProcessorEventsSql, ApiSql, JobsSql, PayoutsSql):
     """Payment-model queries; mixed into each adapter's read and write transaction classes."""
 
     _cur: Cursor

@@ -1,0 +1,1 @@
+"""Payouts and revenue sharing: platform fee, splits, payee balances, payouts, verification."""
