@@ -13,6 +13,7 @@ from micropay.cli.api_cmd import keys, serve
 from micropay.cli.bench_cmd import bench
 from micropay.cli.export_cmd import export
 from micropay.cli.options import database_url_option
+from micropay.cli.simulate_cmd import simulate
 from micropay.cli.worker_cmd import worker
 from micropay.service.ports import StoreError
 from micropay.store.urls import StoreUrlError
@@ -90,6 +91,7 @@ main.add_command(bench)
 main.add_command(serve)
 main.add_command(keys)
 main.add_command(worker)
+main.add_command(simulate)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
