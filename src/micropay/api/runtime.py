@@ -24,6 +24,7 @@ from micropay.service.payments import Payments
 from micropay.service.ports import PaymentsStore, Processor
 from micropay.store import open_store
 from micropay.store.api_sql import ApiSql
+from micropay.webhooks.outbox import attach as attach_outbox
 
 T = TypeVar("T")
 request_bytes_max = 64 * 1024
@@ -125,6 +126,7 @@ class Runtime:
             new_id=self.new_id,
             signer=self.config.signer,
         )
+        attach_outbox(made)  # events commit with the changes that cause them
         self._local.payments = made
         self._local.generation = self._generation
         return made

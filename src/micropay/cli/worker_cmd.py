@@ -33,6 +33,8 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float) -> None:
     from micropay.service.payments import Payments
     from micropay.service.ports import StoreError
     from micropay.store import open_store
+    from micropay.webhooks.delivery import Webhooks, register_webhook_jobs
+    from micropay.webhooks.outbox import attach as attach_outbox
     from micropay.worker import Worker, payments_registry
 
     try:
@@ -40,7 +42,10 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float) -> None:
     except StoreError as error:
         raise click.ClickException(str(error)) from None
     try:
-        registry = payments_registry(Payments(store, SimulatedProcessor()))
+        payments = Payments(store, SimulatedProcessor())
+        attach_outbox(payments)
+        registry = payments_registry(payments)
+        register_webhook_jobs(registry, lambda: Webhooks(store))
         names = [n.strip() for n in jobs.split(",") if n.strip()] or None
         try:
             runner = Worker(store, registry, names=names)

@@ -84,6 +84,13 @@ class ChargeEngine:
         self.tab_policy = tab_policy
         # Set by the purchase service: grants the entitlement once a direct charge is paid.
         self.direct_paid: Callable[[PaymentsWriteTx, int, int], None] | None = None
+        # Called with (tx, outcome, charge) in the transaction that records a charge's
+        # outcome ("succeeded", "declined", "tab_frozen"): the webhooks' outbox attaches here.
+        self.outcome_hooks: list[Callable[[PaymentsWriteTx, str, ChargeRecord], object]] = []
+
+    def _run_outcome_hooks(self, tx: PaymentsWriteTx, outcome: str, charge: ChargeRecord) -> None:
+        for hook in self.outcome_hooks:
+            hook(tx, outcome, charge)
 
     def tx(self, operation: Callable[[PaymentsWriteTx], T]) -> T:
         def once() -> T:
@@ -180,6 +187,7 @@ class ChargeEngine:
         if result.outcome is Outcome.succeeded:
             tx.finish_charge(charge.id, ChargeStatus.succeeded.value, result.charge_id, "", now_us)
             self._post_success(tx, charge, now_us)
+            self._run_outcome_hooks(tx, "succeeded", charge)
             return ChargeOutcome(charge.id, ChargeStatus.succeeded)
         if result.outcome is Outcome.retry:
             wait_s = max(retry_backoff_s, int(result.retry_after_s))
@@ -199,12 +207,14 @@ class ChargeEngine:
                     TabState.frozen,
                     customer.tab_opened_at_us,
                 )
+                self._run_outcome_hooks(tx, "tab_frozen", charge)
             backoff = self.tab_policy.dunning_backoff_s
             if charge.attempts < len(backoff):
                 next_at = now_us + backoff[charge.attempts] * 1_000_000
                 tx.reschedule_charge(charge.id, next_at, now_us, declined=True)
                 return ChargeOutcome(charge.id, ChargeStatus.pending, code)
         tx.finish_charge(charge.id, ChargeStatus.declined.value, "", code, now_us)
+        self._run_outcome_hooks(tx, "declined", charge)
         if charge.purpose == ChargePurpose.direct.value and charge.purchase_id:
             tx.complete_purchase(charge.purchase_id, "charge_declined", None)
         return ChargeOutcome(charge.id, ChargeStatus.declined, code)

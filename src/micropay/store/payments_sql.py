@@ -29,6 +29,7 @@ from micropay.store.gift_cards_sql import GiftCardsSql
 from micropay.store.jobs_sql import JobsSql
 from micropay.store.payouts_sql import PayoutsSql
 from micropay.store.sql import Cursor
+from micropay.store.webhooks_sql import WebhooksSql
 
 _MERCHANT_COLUMNS = (
     "id, public_id, name, currency, funding_policy, fee_guard_max_bps, fee_guard_refuses"
@@ -116,7 +117,9 @@ def _refund(r: Sequence[Any]) -> RefundRecord:
     return RefundRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or "", r[9])
 
 
-class PaymentsSql(GiftCardsSql, BillingSql, ProcessorEventsSql, ApiSql, JobsSql, PayoutsSql):
+class PaymentsSql(
+    GiftCardsSql, BillingSql, ProcessorEventsSql, ApiSql, JobsSql, PayoutsSql, WebhooksSql
+):
     """Payment-model queries; mixed into each adapter's read and write transaction classes."""
 
     _cur: Cursor
