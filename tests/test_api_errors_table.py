@@ -8,10 +8,18 @@ import pytest
 
 from micropay.api.errors import API_ERRORS, STATUS_HTTP, ApiError
 from micropay.core.statuses import TransferStatus
+from micropay.payments.gift_cards import IssueStatus, RedeemStatus
 from micropay.payments.models import PurchaseStatus, TopUpStatus
 from micropay.service.refunds import RefundStatus
 
-ENUMS: list[type[enum.Enum]] = [PurchaseStatus, TopUpStatus, RefundStatus, TransferStatus]
+ENUMS: list[type[enum.Enum]] = [
+    PurchaseStatus,
+    TopUpStatus,
+    RefundStatus,
+    TransferStatus,
+    IssueStatus,
+    RedeemStatus,
+]
 
 
 @pytest.mark.parametrize("status_enum", ENUMS, ids=lambda e: e.__name__)

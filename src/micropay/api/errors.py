@@ -15,6 +15,7 @@ import enum
 import json
 
 from micropay.core.statuses import TransferStatus
+from micropay.payments.gift_cards import IssueStatus, RedeemStatus
 from micropay.payments.models import PurchaseStatus, TopUpStatus
 from micropay.service.refunds import RefundStatus
 
@@ -22,6 +23,8 @@ _T = TransferStatus
 _P = PurchaseStatus
 _U = TopUpStatus
 _R = RefundStatus
+_I = IssueStatus
+_G = RedeemStatus
 
 # (HTTP status, a message for clients). 2xx rows are successes.
 STATUS_HTTP: dict[enum.Enum, tuple[int, str]] = {
@@ -55,6 +58,33 @@ STATUS_HTTP: dict[enum.Enum, tuple[int, str]] = {
     _U.idempotency_key_invalid: (400, "the idempotency key is invalid"),
     _U.idempotency_key_reused: (409, "this key was used for a different request"),
     # refunds
+    # store credit: issue
+    _I.ok: (201, "issued: the codes are shown once"),
+    _I.count_invalid: (422, "count must be 1..1,000"),
+    _I.value_invalid: (422, "value must be a positive integer of micros"),
+    _I.currency_invalid: (422, "unknown currency"),
+    _I.expiry_invalid: (422, "expiry must be in the future"),
+    _I.merchant_not_found: (404, "merchant not found"),
+    _I.merchant_funds_insufficient: (402, "the merchant's earnings do not cover this credit"),
+    _I.idempotency_key_invalid: (400, "the idempotency key is invalid"),
+    _I.idempotency_key_reused: (409, "this key was used for a different request"),
+    # store credit and gift cards: redeem at a point of sale
+    _G.ok: (201, "redeemed"),
+    _G.idempotency_key_invalid: (400, "the idempotency key is invalid"),
+    _G.amount_invalid: (422, "the amount must be a positive integer of micros"),
+    # A mistyped code names no card: 404, with its own code so a till can say "check it".
+    _G.code_malformed: (404, "no card with this code: it looks mistyped (check symbol)"),
+    _G.idempotency_key_reused: (409, "this key was used for a different request"),
+    _G.customer_not_found: (404, "customer not found"),
+    _G.merchant_not_found: (404, "merchant not found"),
+    _G.too_many_attempts: (429, "too many unknown codes: try again later"),
+    _G.code_not_found: (404, "no card with this code"),
+    _G.card_expired: (409, "the card has expired"),
+    _G.card_spent: (409, "nothing is left on the card"),
+    _G.currency_mismatch: (422, "the card is in another currency"),
+    _G.wrong_merchant: (403, "this store credit is only valid at the merchant that issued it"),
+    _G.store_credit_unavailable: (409, "store credit is not available for this account"),
+    _G.amount_above_remaining: (409, "the amount is more than is left on the card"),
     _R.ok: (201, "refunded"),
     _R.pending: (202, "the processor has not answered; retry with the same key"),
     _R.purchase_not_found: (404, "purchase not found"),

@@ -20,6 +20,7 @@ from micropay.api.runtime import Principal, Runtime, api_tx, page_limit_default,
 from micropay.core.money import format_amount
 from micropay.payments.models import Customer, FundingSource, Item, Merchant, PurchaseStatus
 from micropay.payments.records import PurchaseRecord
+from micropay.service.gift_cards import GiftCards
 from micropay.service.payments import PaymentsInputError, Receipt
 from micropay.service.processor_events import EventStatus, ProcessorEvents
 from micropay.store.api_sql import ApiKeyRow
@@ -27,7 +28,7 @@ from micropay.store.api_sql import ApiKeyRow
 _bearer = HTTPBearer(auto_error=False, description="An API key: mp_sk_..., mp_pk_... or mp_op_...")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorEnvelope, "description": "refused"}
-    for code in (400, 401, 403, 404, 409, 413, 422, 429)
+    for code in (400, 401, 402, 403, 404, 409, 413, 422, 429)
 }
 IdemKey = Annotated[
     str,
@@ -499,6 +500,81 @@ def build_router(rt: Runtime) -> APIRouter:
                 amount_micros=receipt.amount_micros,
                 amount=format_amount(receipt.amount_micros, purchase.currency),
                 destination=receipt.destination,
+            )
+            return http, _dump(out)
+
+        return idempotent(p, key, request, body, run)
+
+    # --- store credit: issue, and redeem at a point of sale ------------------------
+
+    @v1.post(
+        "/store-credit",
+        status_code=201,
+        response_model=s.StoreCreditIssued,
+        tags=["store credit"],
+    )
+    def issue_store_credit(
+        body: s.StoreCreditIssue, p: Secret, request: Request, key: IdemKey
+    ) -> Response:
+        """Issue merchant store credit, funded from the merchant's earnings.
+
+        The codes are in this answer only: they are stored hashed, and a replay
+        of the same request answers without them.
+        """
+
+        def run() -> tuple[int, bytes]:
+            payments = rt.payments()
+            merchant = rt.read(lambda tx: tx.get_merchant(p.merchant))
+            batch = GiftCards(payments).issue_store_credit(
+                p.merchant, body.count, body.value_micros, f"api:{key}"
+            )
+            http, _ = STATUS_HTTP[batch.status]
+            if http >= 400:
+                raise ApiError.from_status(batch.status)
+            out = s.StoreCreditIssued(
+                batch=f"scb_{batch.batch_id}",
+                status=batch.status.value,
+                value_micros=body.value_micros,
+                value=format_amount(body.value_micros, merchant.currency),
+                currency=merchant.currency,
+                codes=list(batch.codes),
+            )
+            replay.append(_dump(out.model_copy(update={"codes": []})))
+            return http, _dump(out)
+
+        replay: list[bytes] = []
+        return idempotent(p, key, request, body, run, replay_body=lambda: replay[0])
+
+    @v1.post(
+        "/store-credit/redemptions",
+        status_code=201,
+        response_model=s.PosRedeemed,
+        tags=["store credit"],
+    )
+    def redeem_at_point_of_sale(
+        body: s.PosRedeem, p: Secret, request: Request, key: IdemKey
+    ) -> Response:
+        """A till spends part or all of a code (typed or scanned from a QR) at this merchant.
+
+        Store credit is refused at any merchant but its issuer (403).
+        """
+
+        def run() -> tuple[int, bytes]:
+            payments = rt.payments()
+            merchant = rt.read(lambda tx: tx.get_merchant(p.merchant))
+            redemption = GiftCards(payments).redeem_at_pos(
+                p.merchant, body.code, body.amount_micros, f"api:{key}"
+            )
+            http, _ = STATUS_HTTP[redemption.status]
+            if http >= 400:
+                raise ApiError.from_status(redemption.status)
+            out = s.PosRedeemed(
+                status=redemption.status.value,
+                amount_micros=redemption.amount_micros,
+                amount=format_amount(redemption.amount_micros, merchant.currency),
+                remaining_micros=redemption.remaining_micros,
+                remaining=format_amount(redemption.remaining_micros, merchant.currency),
+                replayed=redemption.replayed,
             )
             return http, _dump(out)
 

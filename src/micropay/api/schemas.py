@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from micropay.core import limits
 from micropay.core.currencies import CURRENCY_EXPONENTS
+from micropay.payments.gift_cards import code_chars_max, gift_card_value_micros_max
 from micropay.payments.models import (
     access_period_s_max,
     price_micros_max,
@@ -205,6 +206,39 @@ class PurchaseList(BaseModel):
     data: list[PurchaseOut]
     has_more: bool
     next_cursor: str | None
+
+
+class StoreCreditIssue(BaseModel):
+    model_config = _strict
+    count: Annotated[int, Field(ge=1, le=100)]
+    value_micros: Annotated[int, Field(gt=0, le=gift_card_value_micros_max)]
+
+
+class StoreCreditIssued(BaseModel):
+    batch: str
+    status: str
+    value_micros: int
+    value: str
+    currency: str
+    codes: list[str]  # shown once; a replay of this request shows none
+
+
+class PosRedeem(BaseModel):
+    model_config = _strict
+    code: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=code_chars_max, pattern=r"^[0-9A-Za-z -]+$"),
+    ]
+    amount_micros: Annotated[int, Field(gt=0, le=gift_card_value_micros_max)]
+
+
+class PosRedeemed(BaseModel):
+    status: str
+    amount_micros: int
+    amount: str
+    remaining_micros: int
+    remaining: str
+    replayed: bool
 
 
 class RefundCreate(BaseModel):
