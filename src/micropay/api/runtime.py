@@ -24,6 +24,7 @@ from micropay.service.payments import Payments
 from micropay.service.ports import PaymentsStore, Processor
 from micropay.store import open_store
 from micropay.store.api_sql import ApiSql
+from micropay.store.sql import as_mixin
 from micropay.webhooks.outbox import attach as attach_outbox
 
 T = TypeVar("T")
@@ -51,12 +52,7 @@ class ApiConfig:
 
 def api_tx(tx: Any) -> ApiSql:
     """The API's SQL over a store transaction (bound to its cursor if not mixed in yet)."""
-    if isinstance(tx, ApiSql):
-        return tx
-    bound = ApiSql()
-    bound._cur = tx._cur
-    bound._sql = tx._sql  # type: ignore[method-assign]
-    return bound
+    return as_mixin(tx, ApiSql)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from micropay.payouts.plans import (
     Verification,
 )
 from micropay.payouts.splits import PlatformFee, Share
-from micropay.store.sql import Cursor
+from micropay.store.sql import Cursor, as_mixin
 
 _PAYEE_COLUMNS = (
     "id, public_id, name, currency, destination_token, verified, schedule, threshold_micros, hold_s"
@@ -341,9 +341,4 @@ class PayoutsSql:
 
 def bind_payouts_sql(tx: Any) -> Any:
     """The payout SQL over a store transaction (bound to its cursor until mixed in)."""
-    if isinstance(tx, PayoutsSql):
-        return tx
-    bound = PayoutsSql()
-    bound._cur = tx._cur
-    bound._sql = tx._sql  # type: ignore[method-assign]
-    return bound
+    return as_mixin(tx, PayoutsSql)

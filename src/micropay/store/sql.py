@@ -8,7 +8,7 @@ path, bulk loading, error mapping, integrity checks) lives in the adapters.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from micropay.core.accounts import Account
 from micropay.core.engine import CounterDelta
@@ -348,3 +348,17 @@ class SqlReader:
             f"hold {row[0]} resolved {row[1]} times or by an invalid resolution"
             for row in self._cur.fetchall()
         ]
+
+
+M = TypeVar("M")
+
+
+def as_mixin(tx: Any, mixin: type[M]) -> M:
+    """A store transaction seen as one of the SQL mixins of ``PaymentsSql``.
+
+    Every feature's SQL is mixed into the adapters' transaction classes; a
+    transaction without it is a wiring bug, reported at once.
+    """
+    if isinstance(tx, mixin):
+        return tx
+    raise TypeError(f"{type(tx).__name__} lacks {mixin.__name__}: add it to PaymentsSql's bases")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from micropay.service.ledger import Clock, system_clock_us
+from micropay.store.sql import as_mixin
 from micropay.store.webhooks_sql import EventRow, WebhooksSql
 
 PURCHASE_SUCCEEDED = "purchase.succeeded"
@@ -50,12 +51,7 @@ _CHARGE_EVENTS = {
 
 def webhooks_tx(tx: Any) -> WebhooksSql:
     """The webhooks' SQL over a store transaction (bound to its cursor if not mixed in yet)."""
-    if isinstance(tx, WebhooksSql):
-        return tx
-    bound = WebhooksSql()
-    bound._cur = tx._cur
-    bound._sql = tx._sql  # type: ignore[method-assign]
-    return bound
+    return as_mixin(tx, WebhooksSql)
 
 
 def new_event_id() -> str:

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 from micropay.service.ledger import Clock, system_clock_us
 from micropay.service.retry import run_with_retries
 from micropay.store.jobs_sql import JobRow, JobsSql
+from micropay.store.sql import as_mixin
 
 T = TypeVar("T")
 
@@ -62,12 +63,7 @@ drain_passes_max = 100
 
 def jobs_tx(tx: Any) -> JobsSql:
     """The jobs' SQL over a store transaction (bound to its cursor if not mixed in yet)."""
-    if isinstance(tx, JobsSql):
-        return tx
-    bound = JobsSql()
-    bound._cur = tx._cur
-    bound._sql = tx._sql  # type: ignore[method-assign]
-    return bound
+    return as_mixin(tx, JobsSql)
 
 
 @dataclass(frozen=True, slots=True)
