@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from micropay.core import limits
-from micropay.core.engine import chain_ranges
 from micropay.core.statuses import TransferStatus
 from micropay.core.transfers import Transfer, TransferFlags, TransferResult
 from micropay.service.ledger import BatchTooLarge, Ledger
@@ -129,4 +128,4 @@ class GroupCommitter:
 
 def _chain_left_open(batch: Sequence[Transfer]) -> bool:
     last = batch[-1].flags
-    return bool(isinstance(last, int) and last & TransferFlags.LINKED) or not chain_ranges(batch)
+    return bool(isinstance(last, int) and last & TransferFlags.LINKED)

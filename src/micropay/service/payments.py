@@ -468,10 +468,12 @@ class Payments:
         accounts = tx.lock_accounts([wallet_id, tab_id, *([credit_id] if credit_id else [])])
         store_credit = accounts.get(credit_id) if credit_id else None
         # A direct charge for this item already waits for the processor: that is
-        # this purchase (a second key must not start a second charge).
-        waiting = tx.pending_purchase(merchant_id, customer_id, item_ref)
-        if waiting is not None:
-            return self._receipt(tx, waiting, replayed=True)
+        # this purchase (a second key must not start a second charge). Only a
+        # merchant that takes direct charges (fixed at creation) can have one.
+        if FundingSource.direct in merchant.funding_policy:
+            waiting = tx.pending_purchase(merchant_id, customer_id, item_ref)
+            if waiting is not None:
+                return self._receipt(tx, waiting, replayed=True)
         guard = None
         if FundingSource.direct in merchant.funding_policy:
             schedule = self.charges.schedule_for(item.price_micros, item.currency)
