@@ -146,12 +146,15 @@ class ChargeEngine:
 
     def run(self, charge_id: int) -> ChargeOutcome:
         """Ask the processor for a pending charge and record the outcome (idempotent)."""
-        charge = self.tx(lambda tx: tx.get_charge(charge_id))
+        def load(tx: PaymentsWriteTx) -> tuple[ChargeRecord | None, Customer | None]:
+            found = tx.get_charge(charge_id)
+            return found, tx.get_customer(found.customer_id) if found is not None else None
+
+        charge, customer = self.tx(load)
         if charge is None:
             raise KeyError(f"no charge {charge_id}")
         if charge.status != ChargeStatus.pending.value:
             return ChargeOutcome(charge.id, ChargeStatus(charge.status), charge.decline_code)
-        customer = self.tx(lambda tx: tx.get_customer(charge.customer_id))
         if customer is None:
             raise KeyError(f"charge {charge_id} names no customer")
         exponent = self.processor.minor_exponent(charge.currency)
