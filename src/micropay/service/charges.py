@@ -146,6 +146,7 @@ class ChargeEngine:
 
     def run(self, charge_id: int) -> ChargeOutcome:
         """Ask the processor for a pending charge and record the outcome (idempotent)."""
+
         def load(tx: PaymentsWriteTx) -> tuple[ChargeRecord | None, Customer | None]:
             found = tx.get_charge(charge_id)
             return found, tx.get_customer(found.customer_id) if found is not None else None
