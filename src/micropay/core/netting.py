@@ -17,10 +17,10 @@ transfer too, and the final counters are equal.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 from micropay.core.currencies import CURRENCY_EXPONENTS
@@ -59,11 +59,30 @@ class AccountGuard(NamedTuple):
 _new_guard = partial(tuple.__new__, AccountGuard)
 
 
+# The journal row of a planned transfer, in this field order. The fields a
+# plain single transfer leaves empty (pending id, timeout, expiry, rejection)
+# are not in it: a store writes their constant values itself.
+NETTED_ROW_FIELDS = (
+    "id",
+    "debit_account_id",
+    "credit_account_id",
+    "amount_micros",
+    "currency",
+    "code",
+    "flags",
+    "reference",
+    "metadata",
+    "created_at_us",
+)
+NettedRow = tuple[int, int, int, int, str, int, int, str, str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class NettedPlan:
     transfers: Sequence[Transfer]
     created_at_us: int
     guards: list[AccountGuard]
+    rows: list[NettedRow]  # one per transfer, in batch order (``NETTED_ROW_FIELDS``)
 
 
 def plan_netted(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
@@ -102,6 +121,8 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
     debits: dict[int, int] = {}
     credit_sums: dict[int, int] = {}
     debits_get, credits_get = debits.get, credit_sums.get
+    rows: list[NettedRow] = []
+    add_row = rows.append
     id_max_, amount_max, code_max_ = _ID_MAX, amount_micros_max, _CODE_MAX
     client_id_end = system_id_min  # ids from here up are the system's
     for t in batch:
@@ -146,6 +167,7 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
             return _UNCOMMON
         debits[debit] = debits_get(debit, 0) + amount
         credit_sums[credit] = credits_get(credit, 0) + amount
+        add_row((transfer_id, debit, credit, amount, currency, code, flags, "", "", now_us))
     if len(set(map(_transfer_id, batch))) != len(batch):
         return None
     account_ids = sorted(debits.keys() | credit_sums.keys())
@@ -157,9 +179,9 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
         max(debit_totals) > amount_max or max(credit_totals) > amount_max
     ):
         return None  # the exact path reports the overflow transfer by transfer
-    rows = zip(account_ids, repeat(currency, count), debit_totals, credit_totals, strict=True)
-    guards: list[AccountGuard] = list(map(_new_guard, rows))
-    return NettedPlan(batch, now_us, guards)
+    sums = zip(account_ids, repeat(currency, count), debit_totals, credit_totals, strict=True)
+    guards: list[AccountGuard] = list(map(_new_guard, sums))
+    return NettedPlan(batch, now_us, guards, rows)
 
 
 def _plan_any(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
@@ -187,19 +209,27 @@ def _plan_any(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
         if s.debits > amount_micros_max or s.credits > amount_micros_max:
             return None  # the exact path reports the overflow transfer by transfer
         guards.append(AccountGuard(account_id, s.currency, s.debits, s.credits))
-    return NettedPlan(batch, now_us, guards)
+    rows: list[NettedRow] = [
+        (
+            t.id,
+            t.debit_account_id,
+            t.credit_account_id,
+            t.amount_micros,
+            t.currency,
+            int(t.code),
+            int(t.flags),
+            t.reference,
+            t.metadata,
+            now_us,
+        )
+        for t in batch
+    ]
+    return NettedPlan(batch, now_us, guards, rows)
 
 
-# Slot setters of TransferResult: building a result through them skips the
-# frozen dataclass's generic __setattr__ (half the cost, for a thousand results
-# a batch). Checked at import, so a new field cannot be left unset silently.
-_RESULT_FIELDS = ("id", "status", "replayed")
-if tuple(f.name for f in fields(TransferResult)) != _RESULT_FIELDS:  # pragma: no cover
-    raise RuntimeError("netted_results must set every TransferResult field")
-_new_result = TransferResult.__new__
-_set_result_id, _set_result_status, _set_result_replayed = (
-    vars(TransferResult)[name].__set__ for name in _RESULT_FIELDS
-)
+# TransferResult(*fields) without the Python-level __new__ of a named tuple.
+_new_result = partial(tuple.__new__, TransferResult)
+_row_id = itemgetter(0)
 
 
 def netted_results(plan: NettedPlan) -> list[TransferResult]:
@@ -207,13 +237,8 @@ def netted_results(plan: NettedPlan) -> list[TransferResult]:
 
     Equal to ``[TransferResult(t.id, TransferStatus.ok) for t in plan.transfers]``.
     """
-    ok = TransferStatus.ok
-    results: list[TransferResult] = []
-    append = results.append
-    for t in plan.transfers:
-        result = _new_result(TransferResult)
-        _set_result_id(result, t.id)
-        _set_result_status(result, ok)
-        _set_result_replayed(result, False)
-        append(result)
-    return results
+    count = len(plan.rows)
+    fields = zip(
+        map(_row_id, plan.rows), repeat(TransferStatus.ok, count), repeat(False, count), strict=True
+    )
+    return list(map(_new_result, fields))

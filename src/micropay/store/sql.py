@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 from micropay.core.accounts import Account
 from micropay.core.engine import CounterDelta
 from micropay.core.limits import page_rows_max
+from micropay.core.netting import NETTED_ROW_FIELDS
 from micropay.core.statuses import TransferStatus
 from micropay.core.transfers import (
     RESOLVING_FLAGS,
@@ -33,6 +34,13 @@ TRANSFER_COLUMNS = (
 )
 INSERT_ACCOUNT = f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_TRANSFER = f"INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+# A netted plan's rows (``NETTED_ROW_FIELDS``); a plain single transfer has no
+# pending id, timeout, expiry or rejection.
+INSERT_NETTED_TRANSFER = (
+    f"INSERT INTO transfers ({', '.join(NETTED_ROW_FIELDS)},"
+    " pending_id, timeout_s, expires_at_us, rejected_status)"
+    f" VALUES ({','.join('?' * len(NETTED_ROW_FIELDS))}, NULL, 0, NULL, NULL)"
+)
 APPLY_DELTA = (
     "UPDATE accounts SET debits_pending_micros = debits_pending_micros + ?,"
     " debits_posted_micros = debits_posted_micros + ?,"

@@ -98,11 +98,8 @@ class SqliteWriteTx(_SqliteReads):
         cur.executemany(_GUARDED_NETTED_UPDATE, plan.guards)  # guards are parameter tuples
         if cur.rowcount != len(plan.guards):
             return False
-        at = plan.created_at_us
         try:
-            cur.executemany(
-                sql.INSERT_TRANSFER, [sql.single_transfer_row(t, at) for t in plan.transfers]
-            )
+            cur.executemany(sql.INSERT_NETTED_TRANSFER, plan.rows)
         except sqlite3.IntegrityError:
             return False  # an id is taken: the exact path replays or rejects it
         return True
