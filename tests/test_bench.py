@@ -70,12 +70,12 @@ def test_batched_run_reports_rates_and_reconciles(store_kind: str) -> None:
     assert report["commits"] == 20
 
 
-def test_overdrawing_wallets_take_the_exact_path_and_still_reconcile(store_kind: str) -> None:
+def test_overdrawing_wallets_take_the_plain_path_and_still_reconcile(store_kind: str) -> None:
     # 1 USD per wallet cannot pay for ~4 purchases of ~0.5 USD each.
     report = run_bench(
         store_kind, "--transfers", "2000", "--batch", "100", "--funding-micros", "1000000"
     )
-    assert report["exact_batches"] > 0
+    assert report["plain_batches"] > 0
     assert report["rejected"] > 0
     assert report["accepted"] + report["rejected"] == 2000
     assert report["reconcile_ok"] is True

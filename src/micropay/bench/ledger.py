@@ -196,6 +196,7 @@ def _run_interleaved(
         "accepted": accepted,
         "rejected": workload.transfers - accepted,
         "netted_batches": ledger.stats["netted"],
+        "plain_batches": ledger.stats["plain"],
         "exact_batches": ledger.stats["exact"],
         "retries": ledger.stats["retries"],
         "commits": len(latencies),
@@ -262,7 +263,7 @@ def _run_group_commit(url: str, workload: Workload, options: BenchOptions) -> di
     latencies = array("d")
     for part in per_thread:
         latencies.extend(part)
-    stats = ledgers[0].stats if ledgers else {"netted": 0, "exact": 0, "retries": 0}
+    stats = ledgers[0].stats if ledgers else {"netted": 0, "plain": 0, "exact": 0, "retries": 0}
     return {
         "elapsed_s": round(total_s, 3),
         "transfers_per_s": round(workload.transfers / total_s, 1) if total_s else 0.0,
@@ -271,6 +272,7 @@ def _run_group_commit(url: str, workload: Workload, options: BenchOptions) -> di
         "accepted": accepted[0],
         "rejected": workload.transfers - accepted[0],
         "netted_batches": stats["netted"],
+        "plain_batches": stats["plain"],
         "exact_batches": stats["exact"],
         "retries": stats["retries"],
         "commits": committer.commits,

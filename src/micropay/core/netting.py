@@ -16,15 +16,16 @@ transfer too, and the final counters are equal.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
+from micropay.core.accounts import Account, AccountFlags
 from micropay.core.currencies import CURRENCY_EXPONENTS
-from micropay.core.engine import validate_request
+from micropay.core.engine import CounterDelta, validate_request
 from micropay.core.limits import amount_micros_max, code_max, id_max, system_id_min
 from micropay.core.statuses import TransferStatus
 from micropay.core.transfers import Transfer, TransferFlags, TransferResult
@@ -242,3 +243,121 @@ def netted_results(plan: NettedPlan) -> list[TransferResult]:
         map(_row_id, plan.rows), repeat(TransferStatus.ok, count), repeat(False, count), strict=True
     )
     return list(map(_new_result, fields))
+
+
+# --- the plain exact path ------------------------------------------------------
+#
+# A netted plan whose guards refuse (a wallet cannot afford its debits) need
+# not go through the general engine: its transfers are still plain singles,
+# so their outcome follows from the accounts' counters alone. ``settle_plain``
+# computes it against the locked accounts, with the engine's checks in the
+# engine's order (a differential test holds it to ``apply_batch``). Ids are
+# taken to be new: a store writing the outcome must refuse it when one is
+# already recorded, and the batch then takes the general path, which replays.
+
+_DMNEC = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CMNED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+
+PlainRejectionRow = tuple[int, int, int, int, str, int, int, str, str, int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PlainOutcome:
+    """What the engine would do with a netted plan's batch, given its accounts."""
+
+    results: list[TransferResult]
+    accepted: list[NettedRow]  # rows of the transfers applied, in batch order
+    rejected: list[PlainRejectionRow]  # the same fields, then the remembered status
+    deltas: dict[int, CounterDelta]  # posted counters only; plain transfers hold nothing
+
+
+# What the plain path reads of an account, in this order (``ACCOUNT_STATE_FIELDS``).
+ACCOUNT_STATE_FIELDS = (
+    "currency",
+    "flags",
+    "credit_limit_micros",
+    "debits_pending_micros",
+    "debits_posted_micros",
+    "credits_pending_micros",
+    "credits_posted_micros",
+)
+AccountState = tuple[str, int, int, int, int, int, int]
+
+
+def account_state(account: Account) -> AccountState:
+    return (
+        account.currency,
+        account.flags,
+        account.credit_limit_micros,
+        account.debits_pending_micros,
+        account.debits_posted_micros,
+        account.credits_pending_micros,
+        account.credits_posted_micros,
+    )
+
+
+_STATUS_VALUES = {status: status.value for status in TransferStatus}
+
+
+def settle_plain(plan: NettedPlan, accounts: Mapping[int, AccountState]) -> PlainOutcome | None:
+    """The outcome of ``plan``'s batch against ``accounts``, or ``None`` if it has a chain.
+
+    ``accounts`` are the plan's accounts as locked for the write (missing ones
+    are absent). Linked chains need the engine's undo: they return ``None``.
+    """
+    rows = plan.rows
+    if any(row[6] & _LINKED for row in rows):
+        return None
+    ok = TransferStatus.ok
+    # id -> [debits_pending, debits_posted, credits_pending, credits_posted]
+    counters: dict[int, list[int]] = {i: list(state[3:]) for i, state in accounts.items()}
+    results: list[TransferResult] = []
+    accepted: list[NettedRow] = []
+    rejected: list[PlainRejectionRow] = []
+    add_result, add_accepted = results.append, accepted.append
+    for row in rows:
+        transfer_id, debit_id, credit_id, amount, currency = row[0], row[1], row[2], row[3], row[4]
+        status = ok
+        debit_account = accounts.get(debit_id)
+        credit_account = accounts.get(credit_id)
+        if debit_account is None:
+            status = TransferStatus.debit_account_not_found
+        elif credit_account is None:
+            status = TransferStatus.credit_account_not_found
+        elif debit_account[0] != credit_account[0]:
+            status = TransferStatus.accounts_must_have_the_same_currency
+        elif currency != debit_account[0]:
+            status = TransferStatus.transfer_must_have_the_same_currency_as_accounts
+        else:
+            d = counters[debit_id]
+            c = counters[credit_id]
+            room = amount_micros_max - amount
+            if d[1] > room:
+                status = TransferStatus.overflows_debits_posted
+            elif c[3] > room:
+                status = TransferStatus.overflows_credits_posted
+            elif d[0] + d[1] > room:
+                status = TransferStatus.overflows_debits
+            elif c[2] + c[3] > room:
+                status = TransferStatus.overflows_credits
+            elif debit_account[1] & _DMNEC and d[0] + d[1] - d[3] > debit_account[2] - amount:
+                status = TransferStatus.exceeds_credits
+            elif credit_account[1] & _CMNED and c[2] + c[3] - c[1] > credit_account[2] - amount:
+                status = TransferStatus.exceeds_debits
+            else:
+                d[1] += amount
+                c[3] += amount
+                add_accepted(row)
+                add_result(_new_result((transfer_id, ok, False)))
+                continue
+        # Every status above is a state check: remembered against the id.
+        rejected.append((*row, _STATUS_VALUES[status]))
+        add_result(_new_result((transfer_id, status, False)))
+    deltas: dict[int, CounterDelta] = {}
+    for account_id, values in counters.items():
+        state = accounts[account_id]
+        debited = values[1] - state[4]
+        credited = values[3] - state[6]
+        if debited or credited:
+            deltas[account_id] = CounterDelta(0, debited, 0, credited)
+    return PlainOutcome(results, accepted, rejected, deltas)

@@ -5,9 +5,15 @@ Write path for a batch of transfers:
 1. If the batch is plain single transfers, try the *netted* plan: one guarded
    counter update per account and a bulk insert, with no reads
    (:mod:`micropay.core.netting`). If a guard or an id refuses it, roll back.
-2. Otherwise (or after a refusal) take the *exact* path: lock the accounts
-   involved, load recorded ids, holds and resolutions, run
-   :func:`micropay.core.engine.apply_batch` and persist its plan.
+   After refusals the next attempts are skipped, more of them after each
+   refusal in a row, since a batch that overdraws is usually followed by more.
+2. A plain batch the guards refused takes the *plain* path: lock its
+   accounts, settle it against their counters (``settle_plain``: the engine's
+   checks for plain transfers) and write rows, remembered failures and
+   counter deltas, taking its ids to be new. If one is taken, roll back.
+3. Otherwise take the *exact* path: lock the accounts involved, load recorded
+   ids, holds and resolutions, run :func:`micropay.core.engine.apply_batch`
+   and persist its plan.
 
 Both paths run inside one database transaction each; busy, serialization,
 deadlock and concurrent-duplicate errors retry the whole operation, at most
@@ -29,7 +35,7 @@ from micropay.core.accounts import (
     validate_new_account,
 )
 from micropay.core.engine import CounterDelta, LedgerView, apply_batch
-from micropay.core.netting import netted_results, plan_netted
+from micropay.core.netting import netted_results, plan_netted, settle_plain
 from micropay.core.statuses import AccountStatus, TransferStatus
 from micropay.core.transfers import (
     RESOLVING_FLAGS,
@@ -80,7 +86,9 @@ class Ledger:
         # Test-only switch (negative control): read in one transaction and write
         # in another, the classic check-then-act race. Never set in production.
         self._racy = racy_for_tests
-        self.stats = {"netted": 0, "exact": 0, "retries": 0}
+        self.stats = {"netted": 0, "plain": 0, "exact": 0, "retries": 0}
+        self._netted_misses = 0  # netted attempts refused in a row
+        self._netted_skips = 0  # plain batches to send straight to the plain path
 
     # --- accounts -------------------------------------------------------
 
@@ -133,12 +141,31 @@ class Ledger:
         if self._netted:
             plan = plan_netted(batch, now_us)
             if plan is not None:
+                if self._netted_skips:
+                    self._netted_skips -= 1
+                else:
+                    try:
+                        with self.store.write() as tx:
+                            if not tx.try_netted(plan):
+                                raise _NettedRefused
+                        self.stats["netted"] += 1
+                        self._netted_misses = 0
+                        return netted_results(plan)
+                    except _NettedRefused:
+                        # Refusals come in runs (wallets running dry): after
+                        # each miss in a row, skip twice as many attempts.
+                        self._netted_misses = min(self._netted_misses + 1, _MISSES_MAX)
+                        self._netted_skips = (1 << self._netted_misses) - 1
                 try:
                     with self.store.write() as tx:
-                        if not tx.try_netted(plan):
+                        accounts = tx.lock_account_states([g.account_id for g in plan.guards])
+                        outcome = settle_plain(plan, accounts)
+                        if outcome is None:
                             raise _NettedRefused
-                    self.stats["netted"] += 1
-                    return netted_results(plan)
+                        if not tx.try_plain(outcome):
+                            raise _NettedRefused
+                    self.stats["plain"] += 1
+                    return outcome.results
                 except _NettedRefused:
                     pass
         return self._submit_exact(batch, now_us)
@@ -222,6 +249,7 @@ class Ledger:
 
 
 _OK = TransferStatus.ok
+_MISSES_MAX = 6  # skip at most 63 netted attempts after refusals
 
 
 def expiry_id(hold_id: int) -> int:

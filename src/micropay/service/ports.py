@@ -13,7 +13,7 @@ from typing import Protocol
 
 from micropay.core.accounts import Account
 from micropay.core.engine import CounterDelta
-from micropay.core.netting import NettedPlan
+from micropay.core.netting import AccountState, NettedPlan, PlainOutcome
 from micropay.core.transfers import Rejection, StoredTransfer
 from micropay.payments.models import Customer, Item, Merchant, TabState
 from micropay.payments.processor import (
@@ -78,6 +78,18 @@ class LedgerWriteTx(Protocol):
         """Apply a netted plan if every guard holds and no id is taken.
 
         Returns ``False`` when it cannot; the transaction must then be rolled back.
+        """
+        ...
+
+    def lock_account_states(self, ids: Collection[int]) -> dict[int, AccountState]:
+        """Like ``lock_accounts``, returning only what the plain path reads."""
+        ...
+
+    def try_plain(self, outcome: PlainOutcome) -> bool:
+        """Write a plain outcome (rows, remembered failures, deltas) if no id is taken.
+
+        The accounts must be locked in this transaction. Returns ``False`` when
+        an id is already recorded; the transaction must then be rolled back.
         """
         ...
 

@@ -20,7 +20,7 @@ from psycopg import errors
 from micropay.core import limits
 from micropay.core.accounts import Account
 from micropay.core.engine import CounterDelta
-from micropay.core.netting import NettedPlan
+from micropay.core.netting import AccountState, NettedPlan, PlainOutcome
 from micropay.core.transfers import Rejection, StoredTransfer
 from micropay.service.ports import (
     Recorded,
@@ -111,6 +111,16 @@ class PgWriteTx(_PgReads):
         )
         return {row[0]: sql.account_from_row(row) for row in self._cur.fetchall()}
 
+    def lock_account_states(self, ids: Collection[int]) -> dict[int, AccountState]:
+        if not ids:
+            return {}
+        self._cur.execute(
+            f"SELECT {sql.ACCOUNT_STATE_COLUMNS} FROM accounts"
+            " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            (sorted(ids),),
+        )
+        return {row[0]: row[1:] for row in self._cur.fetchall()}
+
     def load_recorded(self, ids: Collection[int]) -> Recorded:
         return self.get_recorded(ids)
 
@@ -162,6 +172,17 @@ class PgWriteTx(_PgReads):
             self._copy(COPY_TRANSFERS, [sql.single_transfer_row(t, at) for t in plan.transfers])
         except (errors.UniqueViolation, errors.CheckViolation):
             return False  # an id is taken: the exact path replays or rejects it
+        return True
+
+    def try_plain(self, outcome: PlainOutcome) -> bool:
+        rows = [sql.plain_row(row) for row in outcome.accepted]
+        rows += [sql.plain_row(row) for row in outcome.rejected]
+        try:
+            if rows:
+                self._copy(COPY_TRANSFERS, rows)
+        except errors.UniqueViolation:
+            return False  # an id is taken: the exact path replays or rejects it
+        self.apply_deltas(outcome.deltas)
         return True
 
 

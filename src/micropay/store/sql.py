@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 from micropay.core.accounts import Account
 from micropay.core.engine import CounterDelta
 from micropay.core.limits import page_rows_max
-from micropay.core.netting import NETTED_ROW_FIELDS
+from micropay.core.netting import ACCOUNT_STATE_FIELDS, NETTED_ROW_FIELDS
 from micropay.core.statuses import TransferStatus
 from micropay.core.transfers import (
     RESOLVING_FLAGS,
@@ -28,6 +28,7 @@ ACCOUNT_COLUMNS = (
     "id, currency, kind, owner_ref, flags, credit_limit_micros, debits_pending_micros,"
     " debits_posted_micros, credits_pending_micros, credits_posted_micros, created_at_us"
 )
+ACCOUNT_STATE_COLUMNS = "id, " + ", ".join(ACCOUNT_STATE_FIELDS)
 TRANSFER_COLUMNS = (
     "id, debit_account_id, credit_account_id, amount_micros, currency, code, flags,"
     " pending_id, timeout_s, expires_at_us, reference, metadata, created_at_us, rejected_status"
@@ -40,6 +41,12 @@ INSERT_NETTED_TRANSFER = (
     f"INSERT INTO transfers ({', '.join(NETTED_ROW_FIELDS)},"
     " pending_id, timeout_s, expires_at_us, rejected_status)"
     f" VALUES ({','.join('?' * len(NETTED_ROW_FIELDS))}, NULL, 0, NULL, NULL)"
+)
+# A plain transfer's remembered failure: the same row with its status.
+INSERT_PLAIN_REJECTION = (
+    f"INSERT INTO transfers ({', '.join(NETTED_ROW_FIELDS)}, rejected_status,"
+    " pending_id, timeout_s, expires_at_us)"
+    f" VALUES ({','.join('?' * (len(NETTED_ROW_FIELDS) + 1))}, NULL, 0, NULL)"
 )
 APPLY_DELTA = (
     "UPDATE accounts SET debits_pending_micros = debits_pending_micros + ?,"
@@ -187,6 +194,13 @@ def single_transfer_row(t: Transfer, created_at_us: int) -> tuple[object, ...]:
         created_at_us,
         None,
     )
+
+
+def plain_row(row: Sequence[object]) -> tuple[object, ...]:
+    """A netted plan's row (``NETTED_ROW_FIELDS``, then an optional status) in column order."""
+    status = row[10] if len(row) > 10 else None
+    i, d, c, a, currency, code, flags, reference, metadata, at = row[:10]
+    return (i, d, c, a, currency, code, flags, None, 0, None, reference, metadata, at, status)
 
 
 def rejection_row(r: Rejection) -> tuple[object, ...]:

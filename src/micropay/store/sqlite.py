@@ -18,7 +18,7 @@ from typing import Any
 from micropay.core import limits
 from micropay.core.accounts import Account
 from micropay.core.engine import CounterDelta
-from micropay.core.netting import NettedPlan
+from micropay.core.netting import AccountState, NettedPlan, PlainOutcome
 from micropay.core.transfers import Rejection, StoredTransfer
 from micropay.service.ports import (
     Recorded,
@@ -67,6 +67,13 @@ class SqliteWriteTx(_SqliteReads):
         # BEGIN IMMEDIATE already holds the database's write lock.
         return self.get_accounts(ids)
 
+    def lock_account_states(self, ids: Collection[int]) -> dict[int, AccountState]:
+        # BEGIN IMMEDIATE already holds the database's write lock.
+        if not ids:
+            return {}
+        rows = self._select_in(f"SELECT {sql.ACCOUNT_STATE_COLUMNS} FROM accounts", "id", ids)
+        return {row[0]: row[1:] for row in rows}
+
     def load_recorded(self, ids: Collection[int]) -> Recorded:
         return self.get_recorded(ids)
 
@@ -102,6 +109,18 @@ class SqliteWriteTx(_SqliteReads):
             cur.executemany(sql.INSERT_NETTED_TRANSFER, plan.rows)
         except sqlite3.IntegrityError:
             return False  # an id is taken: the exact path replays or rejects it
+        return True
+
+    def try_plain(self, outcome: PlainOutcome) -> bool:
+        cur = self._cur
+        try:
+            if outcome.accepted:
+                cur.executemany(sql.INSERT_NETTED_TRANSFER, outcome.accepted)
+            if outcome.rejected:
+                cur.executemany(sql.INSERT_PLAIN_REJECTION, outcome.rejected)
+        except sqlite3.IntegrityError:
+            return False  # an id is taken: the exact path replays or rejects it
+        self.apply_deltas(outcome.deltas)
         return True
 
 
