@@ -19,6 +19,7 @@ from micropay.settlement.planner import (
     tab_rate,
     topup_cost_micros,
     topup_rate,
+    topup_spent_cost_micros,
 )
 
 BOTH = (CARD_STANDARD_USD, CARD_MICRO_USD)
@@ -58,7 +59,60 @@ def test_topup_cost_counts_every_reload() -> None:
     assert topup_cost_micros(BOTH, 0, 10 * USD) == 0
 
 
+@pytest.mark.parametrize(
+    ("spend", "topup", "fee"),
+    [
+        (8_800_000, 10 * USD, 484_000),  # 0.55 * 8.80 / 10.00: the unspent 1.20 carries 0.066
+        (8_800_000, 25 * USD, 362_560),  # 1.03 * 8.80 / 25.00
+        (10_000_001, 10 * USD, 550_001),  # one micro into the second top-up: rounded up
+        (0, 10 * USD, 0),
+    ],
+)
+def test_topup_spent_cost_is_the_pro_rata_fee_share(spend: int, topup: int, fee: int) -> None:
+    """The report's measure: each top-up's fee spread over the money it loads."""
+    assert topup_spent_cost_micros(BOTH, spend, topup) == fee
+    # Never more than the fees actually paid to fund the same spend.
+    assert fee <= topup_cost_micros(BOTH, spend, topup)
+
+
+def test_topup_spent_cost_refuses_a_non_positive_topup() -> None:
+    with pytest.raises(ValueError, match="top-up"):
+        topup_spent_cost_micros(BOTH, USD, 0)
+
+
 NEWS = SpendEstimate.compound_poisson(1.5, 195_000, 53_700_000_000)
+
+
+def test_news_reader_tops_up_the_prepay_bound_at_its_fee_share() -> None:
+    inp = PlannerInput(NEWS, 25 * USD, BOTH)
+    # Default bound: min(cap 25.00, 90 days at ~0.29 a day = ~26.4) = 25.00.
+    assert inp.prepay_bound_micros() == 25 * USD
+    chosen = plan(inp)
+    assert chosen.topup_micros == 25 * USD
+    # 1.03 per 25.00 (card standard), whatever the month's spend: 4.12%, not
+    # the ceil(S / T) * fee of cash paid (which made 11.00 look best before).
+    assert chosen.topup_fee_rate == pytest.approx(1_030_000 / (25 * USD), rel=1e-5)
+    assert topup_rate(inp, 10 * USD) == pytest.approx(0.055, rel=1e-5)
+    assert naive_plan(inp).topup_fee_rate == pytest.approx(0.055, rel=1e-5)
+    # An explicit bound is obeyed: 15.00 costs 0.74 (standard), 4.93%.
+    bounded = plan(PlannerInput(NEWS, 25 * USD, BOTH, prepay_max_micros=15 * USD))
+    assert bounded.topup_micros == 15 * USD
+    assert bounded.topup_fee_rate == pytest.approx(740_000 / (15 * USD), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("daily", "cap", "bound"),
+    [
+        (50_000, 25 * USD, 10 * USD),  # 4.50 in 90 days: the market's 10.00 is still asked
+        (50_000, 8 * USD, 8 * USD),  # ... but never above the cap
+        (USD, 100 * USD, 90 * USD),  # 90 days of spend, below the cap
+        (USD, 25 * USD, 25 * USD),  # the cap binds
+    ],
+)
+def test_default_prepay_bound(daily: int, cap: int, bound: int) -> None:
+    inp = PlannerInput(SpendEstimate(daily), cap, BOTH)
+    assert inp.prepay_bound_micros() == bound
+    assert plan(inp).topup_micros <= bound
 
 
 def test_news_reader_plan_uses_the_cap_and_carries() -> None:
@@ -87,6 +141,8 @@ def test_bad_inputs_are_refused() -> None:
         PlannerInput(NEWS, 0, BOTH)
     with pytest.raises(ValueError, match="fee schedule"):
         PlannerInput(NEWS, USD, ())
+    with pytest.raises(ValueError, match="prepay bound"):
+        PlannerInput(NEWS, USD, BOTH, prepay_max_micros=-1)
 
 
 spend_estimates = st.builds(

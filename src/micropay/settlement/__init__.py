@@ -10,6 +10,7 @@ from micropay.settlement.planner import (
     plan,
     tab_cost_micros,
     topup_cost_micros,
+    topup_spent_cost_micros,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "plan",
     "tab_cost_micros",
     "topup_cost_micros",
+    "topup_spent_cost_micros",
 ]

@@ -20,8 +20,18 @@ Tab policy (L, carry): the tab settles in one charge when it reaches its limit
 L (≤ the cap); at period end it settles what it owes (``carry`` False), or it
 carries the balance until it is full or ``carry_days`` old (``carry`` True:
 the adapter sets the period minimum to L). Wallet policy T: auto-reload tops
-up T whenever the wallet cannot pay; over the prepay window the wallet is
-charged ``ceil(S / T)`` times, and the unspent rest is counted as already paid.
+up T whenever the wallet cannot pay. A top-up's fee is the cost of the money
+it loads, so money spent from the wallet carries the fee share ``fee(T) / T``
+and the unspent rest of the last top-up carries its share forward to the
+purchases it will pay for (the simulation reports fees the same way): the
+cost of spending S is ``ceil(S * fee(T) / T)``, not ``ceil(S / T) * fee(T)``.
+On that measure a larger top-up is always cheaper, so what bounds T is how
+much a customer may be asked to prepay at once (``prepay_max_micros``). Its
+default mirrors the tab: a wallet is never asked to hold more than a tab may
+owe (the exposure cap), nor more than the customer is expected to spend in
+the time a carried tab may stay open (``carry_days``); the market default of
+10 USD (within the cap) is always allowed, since customers are asked for it
+anyway.
 """
 
 from __future__ import annotations
@@ -77,8 +87,8 @@ class PlannerInput:
     schedules: tuple[FeeSchedule, ...]
     period_days: int = 30  # the tab's billing period
     carry_days: int = 90  # a carried tab settles at this age at the latest
-    prepay_days: int = 30  # the window over which a top-up should be spent
-    prepay_max_micros: int = 0  # largest top-up asked at once; 0: the exposure cap
+    prepay_days: int = 30  # the window the wallet's fee rate is measured over
+    prepay_max_micros: int = 0  # largest top-up asked at once; 0: ``prepay_bound_micros``
     topup_min_micros: int = 5 * MICROS
     topup_max_micros: int = 500 * MICROS
     minor_step_micros: int = 10_000  # the processor's minor unit (cents)
@@ -95,6 +105,22 @@ class PlannerInput:
             raise ValueError("windows, quantiles and the minor unit must be positive")
         if not 0 < self.topup_min_micros <= self.topup_max_micros:
             raise ValueError("need 0 < topup_min <= topup_max")
+        if self.prepay_max_micros < 0:
+            raise ValueError("the prepay bound must not be negative (0: the default)")
+
+    def prepay_bound_micros(self) -> int:
+        """The largest top-up a customer is asked for at once.
+
+        ``prepay_max_micros`` when set; by default the smaller of the exposure
+        cap and the expected spend over ``carry_days`` (rounded up to a minor
+        unit), but at least the naive 10 USD when the cap allows it.
+        """
+        if self.prepay_max_micros:
+            return self.prepay_max_micros
+        step = self.minor_step_micros
+        expected = math.ceil(self.spend.daily_mean_micros * self.carry_days / step) * step
+        floor = min(NAIVE_TOPUP_MICROS, self.exposure_cap_micros)
+        return min(self.exposure_cap_micros, max(floor, expected))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +175,23 @@ def topup_cost_micros(
     return count * charge_fee_micros(schedules, topup_micros) if count else 0
 
 
+def topup_spent_cost_micros(
+    schedules: Sequence[FeeSchedule], spend_micros: int, topup_micros: int
+) -> int:
+    """The fee share of ``spend_micros`` spent from a wallet loaded ``topup_micros`` at a time.
+
+    Each top-up's fee is spread over the money it loads, pro rata: spending S
+    costs ``ceil(S * fee(T) / T)``; the fee share of money still in the wallet
+    belongs to the purchases it will pay for later.
+    """
+    if topup_micros <= 0:
+        raise ValueError("a top-up must be positive")
+    if spend_micros <= 0:
+        return 0
+    fee = charge_fee_micros(schedules, topup_micros)
+    return -(-spend_micros * fee // topup_micros)
+
+
 def _rate(costs: list[int], spends: list[int]) -> float:
     total = sum(spends)
     return sum(costs) / total if total else 0.0
@@ -188,8 +231,10 @@ def tab_rate(inp: PlannerInput, limit_micros: int, *, carry: bool) -> float:
 
 
 def topup_rate(inp: PlannerInput, topup_micros: int) -> float:
+    """Expected fee per unit of money spent from the wallet (fees attributed pro rata)."""
     spends = inp.spend.window_quantiles(inp.prepay_days, inp.quantiles)
-    return _rate([topup_cost_micros(inp.schedules, s, topup_micros) for s in spends], spends)
+    costs = [topup_spent_cost_micros(inp.schedules, s, topup_micros) for s in spends]
+    return _rate(costs, spends)
 
 
 def plan(inp: PlannerInput) -> Plan:
@@ -208,7 +253,7 @@ def plan(inp: PlannerInput) -> Plan:
                 best_tab = key
     assert best_tab is not None
     tab_fee, limit, carry_flag = best_tab[0], best_tab[1], bool(best_tab[2])
-    prepay_max = inp.prepay_max_micros or inp.exposure_cap_micros
+    prepay_max = inp.prepay_bound_micros()
     hi = _floor_minor(max(inp.topup_min_micros, min(inp.topup_max_micros, prepay_max)), step)
     lo = inp.topup_min_micros + (-inp.topup_min_micros) % step
     best_topup: tuple[float, int] | None = None
