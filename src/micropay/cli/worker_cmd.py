@@ -1,4 +1,4 @@
-"""``micropay worker``: run the durable jobs (hold expiry, due charges, tabs, renewals, usage)."""
+"""``micropay worker``: run the durable jobs (holds, charges, tabs, renewals, usage, payouts)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,12 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float) -> None:
     """Run scheduled work; any number of workers may share one database (each job runs once)."""
     from micropay.processors.simulated import SimulatedProcessor
     from micropay.service.payments import Payments
+    from micropay.service.payouts import Payouts
     from micropay.service.ports import StoreError
     from micropay.store import open_store
     from micropay.webhooks.delivery import Webhooks, register_webhook_jobs
     from micropay.webhooks.outbox import attach as attach_outbox
-    from micropay.worker import Worker, payments_registry
+    from micropay.worker import Worker, payments_registry, register_payout_jobs
 
     try:
         store: Any = open_store(database_url)
@@ -46,6 +47,8 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float) -> None:
         attach_outbox(payments)
         registry = payments_registry(payments)
         register_webhook_jobs(registry, lambda: Webhooks(store))
+        payouts = Payouts(payments)
+        register_payout_jobs(registry, lambda: payouts)
         names = [n.strip() for n in jobs.split(",") if n.strip()] or None
         try:
             runner = Worker(store, registry, names=names)

@@ -42,6 +42,7 @@ from micropay.service.retry import run_with_retries
 T = TypeVar("T")
 retry_backoff_s = 60
 due_charges_per_run_max = 1_000
+charges_per_tx = 100  # period-end settlements recorded/finished per transaction
 
 
 class LedgerInvariantError(RuntimeError):
@@ -146,23 +147,48 @@ class ChargeEngine:
 
     def run(self, charge_id: int) -> ChargeOutcome:
         """Ask the processor for a pending charge and record the outcome (idempotent)."""
+        return self.run_many([charge_id])[0]
 
-        def load(tx: PaymentsWriteTx) -> tuple[ChargeRecord | None, Customer | None]:
-            found = tx.get_charge(charge_id)
-            return found, tx.get_customer(found.customer_id) if found is not None else None
+    def run_many(self, charge_ids: list[int]) -> list[ChargeOutcome]:
+        """``run`` for many charges: one transaction to load them, the processor calls (in
+        no transaction), one transaction to record the outcomes."""
 
-        charge, customer = self.tx(load)
-        if charge is None:
-            raise KeyError(f"no charge {charge_id}")
-        if charge.status != ChargeStatus.pending.value:
-            return ChargeOutcome(charge.id, ChargeStatus(charge.status), charge.decline_code)
-        if customer is None:
-            raise KeyError(f"charge {charge_id} names no customer")
+        def load(tx: PaymentsWriteTx) -> list[tuple[ChargeRecord | None, Customer | None]]:
+            loaded = []
+            for charge_id in charge_ids:
+                found = tx.get_charge(charge_id)
+                customer = tx.get_customer(found.customer_id) if found is not None else None
+                loaded.append((found, customer))
+            return loaded
+
+        asked: list[tuple[int, ChargeResult]] = []
+        outcomes: dict[int, ChargeOutcome] = {}
+        for charge_id, (charge, customer) in zip(charge_ids, self.tx(load), strict=True):
+            if charge is None:
+                raise KeyError(f"no charge {charge_id}")
+            if charge.status != ChargeStatus.pending.value:
+                outcomes[charge_id] = ChargeOutcome(
+                    charge.id, ChargeStatus(charge.status), charge.decline_code
+                )
+                continue
+            if customer is None:
+                raise KeyError(f"charge {charge_id} names no customer")
+            asked.append((charge_id, self._ask(charge, customer)))
+
+        def record(tx: PaymentsWriteTx) -> list[ChargeOutcome]:
+            return [self._record(tx, charge_id, result) for charge_id, result in asked]
+
+        if asked:
+            for outcome in self.tx(record):
+                outcomes[outcome.charge_id] = outcome
+        return [outcomes[charge_id] for charge_id in charge_ids]
+
+    def _ask(self, charge: ChargeRecord, customer: Customer) -> ChargeResult:
         exponent = self.processor.minor_exponent(charge.currency)
         minor, remainder = to_minor_units(charge.amount_micros, exponent, Rounding.DOWN)
         if remainder:
             raise ValueError("a charge must be a whole number of minor units")
-        result = self.processor.charge(
+        return self.processor.charge(
             ChargeRequest(
                 idempotency_key=f"micropay-charge-{charge.id}-{charge.attempts}",
                 customer_token=customer.processor_customer_token,
@@ -173,13 +199,15 @@ class ChargeEngine:
                 metadata={"charge": str(charge.id)},
             )
         )
-        return self.tx(lambda tx: self._record(tx, charge.id, result))
 
     def run_due(self, limit: int = due_charges_per_run_max) -> list[ChargeOutcome]:
         """Run every pending charge whose next attempt is due (crash recovery and dunning)."""
         now_us = self.clock()
         ids = self.tx(lambda tx: tx.due_charges(now_us, min(limit, due_charges_per_run_max)))
-        return [self.run(charge_id) for charge_id in ids]
+        outcomes = []
+        for start in range(0, len(ids), charges_per_tx):
+            outcomes += self.run_many(ids[start : start + charges_per_tx])
+        return outcomes
 
     def _record(self, tx: PaymentsWriteTx, charge_id: int, result: ChargeResult) -> ChargeOutcome:
         charge = tx.get_charge(charge_id)
@@ -281,34 +309,35 @@ class ChargeEngine:
 
         def record(tx: PaymentsWriteTx) -> int | None:
             customer = tx.get_customer(customer_id)
-            if customer is None:
-                return None
-            pending = tx.pending_charge(customer.id, ChargePurpose.tab.value)
-            if pending is not None:
-                return pending.id
-            tab_id = chart.tab_account(customer.id, customer.currency)
-            tab = tx.lock_accounts([tab_id]).get(tab_id)
-            if tab is None:
-                return None
-            exponent = self.processor.minor_exponent(customer.currency)
-            minor, _remainder = to_minor_units(tab_owed_micros(tab), exponent, Rounding.DOWN)
-            amount = tab_owed_micros(tab) - _remainder
-            if minor <= 0 or (not forced and amount < self.tab_policy.period_minimum_micros):
-                return None
-            charge = self.new_charge(
-                customer,
-                ChargePurpose.tab,
-                amount,
-                customer.currency,
-                client_key=None,
-                fingerprint=request_hash("tab", customer.id, amount, self.clock()),
-            )
-            if charge is None:
-                return None
-            tx.insert_charge(charge)
-            return charge.id
+            return None if customer is None else self._start_tab_in(tx, customer, forced=forced)
 
         return self.tx(record)
+
+    def _start_tab_in(self, tx: PaymentsWriteTx, customer: Customer, *, forced: bool) -> int | None:
+        pending = tx.pending_charge(customer.id, ChargePurpose.tab.value)
+        if pending is not None:
+            return pending.id
+        tab_id = chart.tab_account(customer.id, customer.currency)
+        tab = tx.lock_accounts([tab_id]).get(tab_id)
+        if tab is None:
+            return None
+        exponent = self.processor.minor_exponent(customer.currency)
+        minor, _remainder = to_minor_units(tab_owed_micros(tab), exponent, Rounding.DOWN)
+        amount = tab_owed_micros(tab) - _remainder
+        if minor <= 0 or (not forced and amount < self.tab_policy.period_minimum_micros):
+            return None
+        charge = self.new_charge(
+            customer,
+            ChargePurpose.tab,
+            amount,
+            customer.currency,
+            client_key=None,
+            fingerprint=request_hash("tab", customer.id, amount, self.clock()),
+        )
+        if charge is None:
+            return None
+        tx.insert_charge(charge)
+        return charge.id
 
     def settle_tab(self, customer_id: int, *, forced: bool = True) -> ChargeOutcome | None:
         charge_id = self.start_tab_settlement(customer_id, forced=forced)
@@ -328,17 +357,29 @@ class ChargeEngine:
             )
         )
         outcomes = []
-        for customer_id in due:
-            customer = self.tx(lambda tx, c=customer_id: tx.get_customer(c))  # type: ignore[misc]
+        for start in range(0, len(due), charges_per_tx):
+            chunk = due[start : start + charges_per_tx]
+            started = self.tx(lambda tx, c=chunk: self._close_periods_in(tx, c, now_us))  # type: ignore[misc]
+            outcomes += self.run_many(started)
+        return outcomes
+
+    def _close_periods_in(
+        self, tx: PaymentsWriteTx, customer_ids: list[int], now_us: int
+    ) -> list[int]:
+        """Record the period-end charge of each tab that owes enough; restart the others."""
+        carry_max_us = self.tab_policy.carry_max_age_s * 1_000_000
+        started = []
+        for customer_id in customer_ids:
+            customer = tx.get_customer(customer_id)
             if customer is None or customer.tab_state is TabState.frozen:
                 continue
-            too_old = now_us - customer.tab_opened_at_us >= policy.carry_max_age_s * 1_000_000
-            outcome = self.settle_tab(customer_id, forced=too_old)
-            if outcome is not None:
-                outcomes.append(outcome)
+            too_old = now_us - customer.tab_opened_at_us >= carry_max_us
+            charge_id = self._start_tab_in(tx, customer, forced=too_old)
+            if charge_id is None:
+                _restart_period_if_clear(tx, customer, now_us)
             else:
-                self.tx(lambda tx, c=customer: _restart_period_if_clear(tx, c, now_us))  # type: ignore[misc]
-        return outcomes
+                started.append(charge_id)
+        return started
 
 
 def _restart_period_if_clear(tx: PaymentsWriteTx, customer: Customer, now_us: int) -> None:

@@ -221,9 +221,11 @@ class PaymentsSql(
 
     def customers_with_tab_period_ended(self, before_us: int, limit: int) -> list[int]:
         rows = self._all(
-            "SELECT id FROM customers WHERE tab_opened_at_us <= ? ORDER BY tab_opened_at_us, id"
-            " LIMIT ?",
-            (before_us, limit),
+            # A frozen tab waits for its charge to be paid, not for its period:
+            # left in, frozen tabs would sort first and fill every page.
+            "SELECT id FROM customers WHERE tab_opened_at_us <= ? AND tab_state <> ?"
+            " ORDER BY tab_opened_at_us, id LIMIT ?",
+            (before_us, TabState.frozen.value, limit),
         )
         return [row[0] for row in rows]
 

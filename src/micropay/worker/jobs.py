@@ -21,6 +21,13 @@ Two kinds of job:
   on the charge/tab rows, renewals are keyed by (subscription, period), usage
   events are marked with their posting id.
 
+A ``run`` job that may outlive its lease (a payout run of a thousand
+processor calls) calls ``job.heartbeat()`` between units of work: at most once
+a third of a lease, it moves the lease's expiry to a full lease from now; if
+the lease was lost meanwhile (the worker stalled past it and another took the
+job) it raises :class:`LeaseLost`, the job stops where it is, and the run ends
+``lease_lost`` (its work so far is idempotent, like all of it).
+
 A failing job is retried with exponential back-off (``backoff_s`` doubling,
 capped at ``backoff_s_max``) up to ``attempts_max`` attempts, then ``failed``
 with its last error kept. A job whose last attempt's worker died is failed
@@ -59,11 +66,16 @@ attempts_max_default = 5
 backoff_s_default = 10.0
 backoff_s_max_default = 3_600.0
 drain_passes_max = 100
+tab_page_rows = 10_000  # close_tab_periods reads one page per call (limits.page_rows_max)
 
 
 def jobs_tx(tx: Any) -> JobsSql:
     """The jobs' SQL over a store transaction (bound to its cursor if not mixed in yet)."""
     return as_mixin(tx, JobsSql)
+
+
+def _no_heartbeat() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +87,8 @@ class Job:
     payload: dict[str, Any]
     due_at_us: int
     attempt: int  # 1 for the first
+    # Renews the lease of a ``run`` job (raises LeaseLost if it is gone); a no-op in ``run_in_tx``.
+    heartbeat: Callable[[], None] = field(default=_no_heartbeat, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +142,8 @@ class RunOutcome:
     error: str = ""
 
 
-class _LeaseLost(Exception):
-    """Internal: the lease expired and another worker took the job; roll back."""
+class LeaseLost(Exception):
+    """The lease expired and another worker took the job: stop (and roll back a ``run_in_tx``)."""
 
 
 def period_run_key(name: str, every_s: int, now_us: int) -> tuple[str, int]:
@@ -235,7 +249,14 @@ class Worker:
         if row is None:
             return None
         spec = self.registry[row.name]
-        job = Job(row.run_key, row.name, json.loads(row.payload), row.due_at_us, row.attempts)
+        job = Job(
+            row.run_key,
+            row.name,
+            json.loads(row.payload),
+            row.due_at_us,
+            row.attempts,
+            _no_heartbeat if spec.run is None else self._heartbeat(row.run_key, spec.lease_s),
+        )
         try:
             if spec.run_in_tx is not None:
                 run_in_tx = spec.run_in_tx
@@ -243,20 +264,39 @@ class Worker:
                 def finish_with_effects(tx: Any) -> None:
                     # Lease check first: on PostgreSQL this also locks the row to commit.
                     if not jobs_tx(tx).finish_job(job.run_key, self.owner, self.clock()):
-                        raise _LeaseLost
+                        raise LeaseLost
                     run_in_tx(tx, job)
 
                 self._tx(finish_with_effects)
                 return RunOutcome(job.run_key, job.name, "done")
             assert spec.run is not None
             spec.run(job)
-        except _LeaseLost:
+        except LeaseLost:
             return RunOutcome(job.run_key, job.name, "lease_lost")
         except Exception as error:  # any failure of a job is recorded and retried
             return self._failed(spec, job, error)
         owner = self.owner
         finished = self._tx(lambda tx: jobs_tx(tx).finish_job(job.run_key, owner, self.clock()))
         return RunOutcome(job.run_key, job.name, "done" if finished else "lease_lost")
+
+    def _heartbeat(self, run_key: str, lease_s: float) -> Callable[[], None]:
+        """Renew ``run_key``'s lease when a third of it has passed; LeaseLost if it is gone."""
+        lease_us = int(lease_s * 1_000_000)
+        renew_after_us = self.clock() + lease_us // 3
+        owner = self.owner
+
+        def heartbeat() -> None:
+            nonlocal renew_after_us
+            now_us = self.clock()
+            if now_us < renew_after_us:
+                return
+            if not self._tx(
+                lambda tx: jobs_tx(tx).set_job_lease(run_key, owner, now_us + lease_us)
+            ):
+                raise LeaseLost(run_key)
+            renew_after_us = now_us + lease_us // 3
+
+        return heartbeat
 
     def _failed(self, spec: JobSpec, job: Job, error: Exception) -> RunOutcome:
         text = f"{type(error).__name__}: {error}"[:error_chars_max]
@@ -310,14 +350,48 @@ every_s_default: dict[str, int] = {
 }
 
 
-def _drain(step: Callable[[], list[Any]], limit: int) -> int:
-    """Call ``step`` until it returns fewer than ``limit`` items (bounded); total handled."""
+def _drain(step: Callable[[], list[Any]], limit: int, heartbeat: Callable[[], None]) -> int:
+    """Call ``step`` until it returns fewer than ``limit`` items (bounded); total handled.
+
+    ``heartbeat`` (the job's) runs after each step, so a long drain keeps its lease.
+    """
     total = 0
     for _ in range(drain_passes_max):
         done = len(step())
         total += done
+        heartbeat()
         if done < limit:
             break
+    return total
+
+
+def close_all_tab_periods(payments: Any, job: Job, page: int = tab_page_rows) -> int:
+    """Close every tab whose period has ended, ``page`` at a time; how many were charged.
+
+    ``close_tab_periods`` takes one page; this repeats while tabs are due and a
+    page changed something (a page of only frozen tabs changes nothing: stop),
+    renewing the job's lease between pages.
+    """
+    charges = payments.charges
+    before_us = payments.clock() - charges.tab_policy.period_s * 1_000_000
+
+    def due() -> list[int]:
+        found: list[int] = charges.tx(
+            lambda tx: tx.customers_with_tab_period_ended(before_us, page)
+        )
+        return found
+
+    total = 0
+    waiting = due()
+    for _ in range(drain_passes_max * 10):
+        if not waiting:
+            break
+        total += len(charges.close_tab_periods(limit=page))
+        job.heartbeat()
+        left = due()
+        if left == waiting:
+            break  # no progress (frozen tabs): the next run tries again
+        waiting = left
     return total
 
 
@@ -329,13 +403,17 @@ def payments_registry(payments: Any, every_s: Mapping[str, int] | None = None) -
     metering = Metering(payments)
     subscriptions = Subscriptions(payments)
     expiry_batch = 1_000
+    charges_batch = 100
     registry = Registry()
     jobs: dict[str, Callable[[Job], object]] = {
         "expire_holds": lambda job: _drain(
-            lambda: payments.ledger.expire_holds(limit=expiry_batch), expiry_batch
+            lambda: payments.ledger.expire_holds(limit=expiry_batch), expiry_batch, job.heartbeat
         ),
-        "run_due_charges": lambda job: payments.charges.run_due(),
-        "close_tab_periods": lambda job: payments.charges.close_tab_periods(),
+        # Pages of processor calls, the lease renewed between them.
+        "run_due_charges": lambda job: _drain(
+            lambda: payments.charges.run_due(limit=charges_batch), charges_batch, job.heartbeat
+        ),
+        "close_tab_periods": lambda job: close_all_tab_periods(payments, job),
         "renew_subscriptions": lambda job: subscriptions.renew_due(),
         # The window ends where the run's period starts: the same window on every retry.
         "aggregate_usage": lambda job: metering.aggregate_usage(job.due_at_us),
