@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# Builds the demo platform on first run (a simulated month), then serves the API on
+# http://127.0.0.1:8000 until Ctrl-C; a rerun reuses it. E.g. make demo DEMO_ARGS="--reset --port 8001"
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/micropay demo --database-url sqlite:///micropay-demo.db
+	$(BIN)/micropay demo --database-url sqlite:///micropay-demo.db $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

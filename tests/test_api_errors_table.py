@@ -8,6 +8,7 @@ import pytest
 
 from micropay.api.errors import API_ERRORS, STATUS_HTTP, ApiError
 from micropay.core.statuses import TransferStatus
+from micropay.payments.billing import SubscriptionStatus, UsageStatus
 from micropay.payments.gift_cards import IssueStatus, RedeemStatus
 from micropay.payments.models import PurchaseStatus, TopUpStatus
 from micropay.service.refunds import RefundStatus
@@ -19,6 +20,8 @@ ENUMS: list[type[enum.Enum]] = [
     TransferStatus,
     IssueStatus,
     RedeemStatus,
+    SubscriptionStatus,
+    UsageStatus,
 ]
 
 

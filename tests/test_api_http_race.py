@@ -58,6 +58,8 @@ def server(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     upgrade(database_url)
     operator = create_key(database_url, "operator", "test")
     port = _free_port()
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("w")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -74,7 +76,9 @@ def server(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
             str(tmp_path / "signing.pem"),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # A file, not a pipe: the server logs a JSON line per request, and a
+        # pipe nobody reads would fill and block it.
+        stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -86,8 +90,8 @@ def server(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(
-                    f"micropay serve did not start: {process.stderr.read()!r}"
-                ) from None  # type: ignore[union-attr]
+                    f"micropay serve did not start: {log_path.read_text()[-2000:]!r}"
+                ) from None
             time.sleep(0.1)
     try:
         yield base, operator
@@ -98,6 +102,7 @@ def server(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+        log.close()
         if process.stderr is not None:
             process.stderr.close()
 

@@ -49,14 +49,31 @@ def _merchant_id(database_url: str, public_id: str) -> int:
 def test_another_merchants_ids_answer_404_on_every_endpoint(api: Api, database_url: str) -> None:
     _, key_a = api.merchant("A")
     _, key_b = api.merchant("B")
+    hook = api.call("POST", "/v1/webhook-endpoints", key_a, {"url": "https://93.184.216.34/in"})
+    endpoint = hook.json()["endpoint"]["id"]
     customer = api.customer(key_a)
     api.item(key_a, "secret-article", 500_000)
     api.call("POST", f"/v1/customers/{customer}/top-ups", key_a, {"amount_micros": 5_000_000})
+    plan = {"name": "Pro", "period": "monthly", "price_micros": 1_000_000}
+    assert api.call("PUT", "/v1/plans/pro-a", key_a, plan).status_code == 200
+    sub = api.call("POST", "/v1/subscriptions", key_a, {"customer": customer, "plan": "pro-a"})
+    subscription = sub.json()["id"]
+    assert (
+        api.call("PUT", "/v1/meters/calls-a", key_a, {"unit_price_micros": 10}).status_code == 200
+    )
+    usage_body = {"customer": customer, "meter": "calls-a", "quantity": 3}
+    usage = api.call("POST", "/v1/usage-events", key_a, usage_body).json()["id"]
+    payee_body = {"name": "Ann", "currency": "USD", "destination_token": "ba_ann"}
+    payee = api.call("POST", "/v1/payees", api.operator_key, payee_body).json()["id"]
     bought = api.call(
         "POST", "/v1/purchases", key_a, {"customer": customer, "item": "secret-article"}
     )
     purchase = bought.json()["id"]
     key_a_id = key_a.removeprefix("mp_sk_test_")[:16]
+    deliveries = api.call("GET", f"/v1/webhook-endpoints/{endpoint}/deliveries", key_a).json()
+    delivery = deliveries["data"][0]["id"]
+    event = api.call("GET", "/v1/events", key_a).json()["data"][0]["id"]
+    hooks = f"/v1/webhook-endpoints/{endpoint}"
     matrix = {
         ("GET", "/v1/customers/{customer_id}"): (f"/v1/customers/{customer}", None),
         ("POST", "/v1/customers/{customer_id}/top-ups"): (
@@ -81,6 +98,65 @@ def test_another_merchants_ids_answer_404_on_every_endpoint(api: Api, database_u
         ),
         ("GET", "/v1/customers"): (f"/v1/customers?cursor={customer}", None),
         ("GET", "/v1/purchases"): (f"/v1/purchases?cursor={purchase}", None),
+        ("GET", "/v1/webhook-endpoints/{endpoint_id}"): (hooks, None),
+        ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): (hooks, None),
+        ("POST", "/v1/webhook-endpoints/{endpoint_id}/disable"): (f"{hooks}/disable", None),
+        ("POST", "/v1/webhook-endpoints/{endpoint_id}/enable"): (f"{hooks}/enable", None),
+        ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): (
+            f"{hooks}/rotate-secret",
+            None,
+        ),
+        ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): (f"{hooks}/deliveries", None),
+        ("POST", "/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay"): (
+            f"{hooks}/deliveries/{delivery}/replay",
+            None,
+        ),
+        ("GET", "/v1/events/{event_id}"): (f"/v1/events/{event}", None),
+        ("GET", "/v1/events"): (f"/v1/events?cursor={event}", None),
+        ("GET", "/v1/customers/{customer_id}/tab"): (f"/v1/customers/{customer}/tab", None),
+        ("POST", "/v1/customers/{customer_id}/tab/settle"): (
+            f"/v1/customers/{customer}/tab/settle",
+            None,
+        ),
+        ("GET", "/v1/plans/{plan_ref}"): ("/v1/plans/pro-a", None),
+        ("PUT", "/v1/plans/{plan_ref}"): ("", None),  # per-merchant names, like items
+        ("GET", "/v1/subscriptions/{subscription_id}"): (f"/v1/subscriptions/{subscription}", None),
+        ("POST", "/v1/subscriptions/{subscription_id}/cancel"): (
+            f"/v1/subscriptions/{subscription}/cancel",
+            {"at_period_end": False},
+        ),
+        ("POST", "/v1/subscriptions"): (
+            "/v1/subscriptions",
+            {"customer": customer, "plan": "pro-a"},
+        ),
+        ("GET", "/v1/meters/{meter}"): ("/v1/meters/calls-a", None),
+        ("PUT", "/v1/meters/{meter}"): ("", None),  # per-merchant names, like items
+        ("POST", "/v1/usage-events"): ("/v1/usage-events", usage_body),
+        ("GET", "/v1/usage-events"): (f"/v1/usage-events?cursor={usage}", None),
+        ("GET", "/v1/usage-events?customer"): (f"/v1/usage-events?customer={customer}", None),
+        ("POST", "/v1/customers/{customer_id}/payment-method"): (
+            f"/v1/customers/{customer}/payment-method",
+            {"payment_method_token": "pm_from_b"},
+        ),
+        ("DELETE", "/v1/customers/{customer_id}/payment-method"): (
+            f"/v1/customers/{customer}/payment-method",
+            None,
+        ),
+        ("POST", "/v1/customers/{customer_id}/gift-card-redemptions"): (
+            f"/v1/customers/{customer}/gift-card-redemptions",
+            {"code": "ABCD-EFGH-JKMN-PQRS"},
+        ),
+        # Payees are the platform's: every merchant key gets 403 (test_api_payouts).
+        ("GET", "/v1/payees/{payee_id}"): ("", None),
+        ("GET", "/v1/payees/{payee_id}/balances"): ("", None),
+        ("GET", "/v1/payees/{payee_id}/payouts"): ("", None),
+        ("GET", "/v1/merchants/{merchant_id}/platform-fee"): ("", None),  # operator only
+        ("PUT", "/v1/merchants/{merchant_id}/platform-fee"): ("", None),  # operator only
+        ("GET", "/v1/items/{item_ref}/split"): ("/v1/items/only-at-a/split", None),
+        ("PUT", "/v1/items/{item_ref}/split"): (
+            "/v1/items/only-at-a/split",
+            {"shares": [{"payee": payee, "share_bps": 10_000}]},
+        ),
     }
     spec = api.client.get("/openapi.json").json()
     with_ids = {
@@ -105,8 +181,17 @@ def test_another_merchants_ids_answer_404_on_every_endpoint(api: Api, database_u
     # Nothing of A's changed: still one purchase, not refunded, the key still works.
     mine = api.call("GET", f"/v1/purchases/{purchase}", key_a)
     assert mine.status_code == 200
-    assert len(api.call("GET", "/v1/purchases", key_a).json()["data"]) == 1
+    # the article, and the first period of the subscription
+    assert len(api.call("GET", "/v1/purchases", key_a).json()["data"]) == 2
     assert api.call("GET", "/v1/purchases", key_b).json()["data"] == []
+    assert api.call("GET", hooks, key_a).json()["enabled"] is True
+    assert api.call("GET", f"{hooks}/deliveries", key_a).json() == deliveries
+    assert api.call("GET", "/v1/webhook-endpoints", key_b).json()["data"] == []
+    assert api.call("GET", "/v1/events", key_b).json()["data"] == []
+    assert api.call("GET", f"/v1/subscriptions/{subscription}", key_a).json()["state"] == "active"
+    assert api.call("GET", "/v1/usage-events", key_b).json()["data"] == []
+    assert len(api.call("GET", "/v1/usage-events", key_a).json()["data"]) == 1
+    assert api.call("GET", f"/v1/customers/{customer}", key_a).json()["has_payment_method"]
 
 
 # --- idempotency --------------------------------------------------------------------------

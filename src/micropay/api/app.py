@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -18,17 +17,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from micropay.api.errors import ApiError, envelope
-from micropay.api.keys import KEY_LIKE
+from micropay.api.observability import (
+    Metrics,
+    MetricsRuntime,
+    operator_only,
+    redact,
+    request_id_var,
+)
 from micropay.api.routes import build_router
-from micropay.api.runtime import ApiConfig, Runtime
+from micropay.api.routes_extra import build_extra_router
+from micropay.api.runtime import ApiConfig
 
 log = logging.getLogger("micropay.api")
-_CARD_LIKE = re.compile(r"(?:\d[ -]?){12,19}")
-
-
-def redact(text: str) -> str:
-    """Remove anything key-like or card-like before it reaches a log."""
-    return _CARD_LIKE.sub("[redacted]", KEY_LIKE.sub("[redacted-key]", text))
+_PURCHASES = ("POST", "/v1/purchases")
+_ANSWER_BYTES_MAX = 16 * 1024
+__all__ = ["create_app", "redact"]
 
 
 def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -36,11 +39,12 @@ def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Re
 
 
 class EdgeMiddleware:
-    """Request id, body size limit (413), access log without user data, and no stack traces."""
+    """Request id, body size limit (413), access log without user data, metrics, no stack traces."""
 
-    def __init__(self, app: ASGIApp, body_bytes_max: int) -> None:
+    def __init__(self, app: ASGIApp, body_bytes_max: int, metrics: Metrics) -> None:
         self.app = app
         self.body_bytes_max = body_bytes_max
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,12 +54,23 @@ class EdgeMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_box = [0]
+        answer = bytearray()  # a purchase's answer, counted by outcome
+        replayed_box = [False]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
                 message.setdefault("headers", [])
+                replayed_box[0] = (b"idempotent-replayed", b"true") in [
+                    (k.lower(), v) for k, v in message["headers"]
+                ]
                 message["headers"] = [*message["headers"], (b"request-id", request_id.encode())]
+            elif (
+                message["type"] == "http.response.body"
+                and _route(scope) == _PURCHASES
+                and len(answer) < _ANSWER_BYTES_MAX
+            ):
+                answer.extend(message.get("body", b""))
             await send(message)
 
         body = bytearray()
@@ -72,6 +87,7 @@ class EdgeMiddleware:
                 too_large = True
             if not message.get("more_body", False):
                 break
+        context = request_id_var.set(request_id)  # log lines of this request carry its id
         try:
             if too_large:
                 await _json(
@@ -96,15 +112,33 @@ class EdgeMiddleware:
                         scope, receive, send_with_id
                     )
         finally:
-            route = scope.get("route")
+            seconds = time.perf_counter() - started
+            method, route = _route(scope)
+            self.metrics.observe_request(method, route, status_box[0], seconds)
+            if (method, route) == _PURCHASES and answer and not replayed_box[0]:
+                self.metrics.observe_purchase_answer(status_box[0], bytes(answer))
             log.info(
                 "request %s %s %s %d %.1fms",
                 request_id,
-                scope.get("method", "-"),
-                redact(getattr(route, "path", "-")),
+                method,
+                route,
                 status_box[0],
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route,
+                    "status": status_box[0],
+                    "duration_ms": round(seconds * 1000, 3),
+                },
             )
+            request_id_var.reset(context)
+
+
+def _route(scope: Scope) -> tuple[str, str]:
+    """(method, route template): never the raw path, which may hold ids or keys."""
+    route = scope.get("route")
+    return str(scope.get("method", "-")), redact(str(getattr(route, "path", "unmatched")))
 
 
 def _request_id(request: Request) -> str:
@@ -112,7 +146,8 @@ def _request_id(request: Request) -> str:
 
 
 def create_app(config: ApiConfig) -> FastAPI:
-    runtime = Runtime(config)
+    metrics = Metrics()
+    runtime = MetricsRuntime(config, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -130,7 +165,17 @@ def create_app(config: ApiConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime
+    app.state.metrics = metrics
     app.include_router(build_router(runtime))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_text(request: Request) -> Response:
+        """Prometheus metrics; needs the operator key (volumes are not public)."""
+        operator_only(runtime, request.headers.get("authorization"))
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    app.include_router(build_extra_router(runtime))
 
     @app.exception_handler(ApiError)
     def api_error(request: Request, error: ApiError) -> Response:
@@ -157,5 +202,5 @@ def create_app(config: ApiConfig) -> FastAPI:
         headers: dict[str, Any] = dict(error.headers or {})
         return _json(status, envelope(code, code.replace("_", " "), _request_id(request)), headers)
 
-    app.add_middleware(EdgeMiddleware, body_bytes_max=config.request_bytes_max)
+    app.add_middleware(EdgeMiddleware, body_bytes_max=config.request_bytes_max, metrics=metrics)
     return app

@@ -15,6 +15,7 @@ import enum
 import json
 
 from micropay.core.statuses import TransferStatus
+from micropay.payments.billing import SubscriptionStatus, UsageStatus
 from micropay.payments.gift_cards import IssueStatus, RedeemStatus
 from micropay.payments.models import PurchaseStatus, TopUpStatus
 from micropay.service.refunds import RefundStatus
@@ -25,6 +26,8 @@ _U = TopUpStatus
 _R = RefundStatus
 _I = IssueStatus
 _G = RedeemStatus
+_S = SubscriptionStatus
+_M = UsageStatus
 
 # (HTTP status, a message for clients). 2xx rows are successes.
 STATUS_HTTP: dict[enum.Enum, tuple[int, str]] = {
@@ -95,6 +98,30 @@ STATUS_HTTP: dict[enum.Enum, tuple[int, str]] = {
     _R.idempotency_key_invalid: (400, "the idempotency key is invalid"),
     _R.idempotency_key_reused: (409, "this key was used for a different request"),
     _R.declined: (402, "the processor declined the refund"),
+    # subscriptions
+    _S.ok: (201, "subscribed: the first period is paid"),
+    _S.merchant_not_found: (404, "merchant not found"),
+    _S.customer_not_found: (404, "customer not found"),
+    _S.plan_not_found: (404, "plan not found"),
+    _S.subscription_not_found: (404, "subscription not found"),
+    _S.currency_not_sold: (422, "this plan is not sold in the customer's currency"),
+    _S.time_zone_invalid: (422, "unknown time zone"),
+    _S.idempotency_key_invalid: (400, "the idempotency key is invalid"),
+    _S.idempotency_key_reused: (409, "this key was used for a different request"),
+    _S.already_cancelled: (409, "the subscription is already cancelled"),
+    _S.no_prepaid_source: (402, "subscriptions are paid from a wallet or tab: neither is allowed"),
+    _S.tab_frozen: (402, "the customer's tab is frozen until paid"),
+    _S.insufficient_funds: (402, "neither the wallet nor the tab can pay"),
+    # usage events
+    _M.ok: (201, "recorded"),
+    _M.merchant_not_found: (404, "merchant not found"),
+    _M.customer_not_found: (404, "customer not found"),
+    _M.meter_not_found: (404, "meter not found"),
+    _M.currency_not_sold: (422, "this meter is not priced in the customer's currency"),
+    _M.quantity_invalid: (422, "quantity must be an integer of 1 .. 1,000,000"),
+    _M.idempotency_key_invalid: (400, "the idempotency key is invalid"),
+    _M.idempotency_key_reused: (409, "this key was used for a different request"),
+    _M.batch_too_large: (422, "too many events in one call"),
     # ledger transfers: request checks are 422, state checks 409, balances 402
     _T.ok: (201, "transferred"),
     _T.linked_event_failed: (409, "a linked transfer failed"),
@@ -165,6 +192,12 @@ API_ERRORS: dict[str, int] = {
     "idempotency_key_reused": 409,
     "idempotency_request_in_progress": 409,
     "event_deferred": 409,
+    # webhook endpoints (micropay.webhooks.EndpointRefusal) and their deliveries
+    "url_invalid": 422,
+    "url_refused": 403,
+    "events_invalid": 422,
+    "too_many_endpoints": 409,
+    "delivery_pending": 409,
     "body_too_large": 413,
     "unsupported_media_type": 415,
     "validation_failed": 422,

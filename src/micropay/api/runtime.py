@@ -21,11 +21,13 @@ from micropay.processors.simulated import SimulatedProcessor
 from micropay.service.ids import IdGenerator
 from micropay.service.ledger import Clock, system_clock_us
 from micropay.service.payments import Payments
+from micropay.service.payouts import Payouts
 from micropay.service.ports import PaymentsStore, Processor
 from micropay.store import open_store
 from micropay.store.api_sql import ApiSql
 from micropay.store.sql import as_mixin
 from micropay.webhooks.outbox import attach as attach_outbox
+from micropay.webhooks.ssrf import Resolver, system_resolver
 
 T = TypeVar("T")
 request_bytes_max = 64 * 1024
@@ -48,6 +50,13 @@ class ApiConfig:
     rate_burst: int = 200
     request_bytes_max: int = request_bytes_max
     worker_threads: int = 40  # each holds one store connection
+    # Webhook endpoint URLs: how hosts resolve for the SSRF check, and whether
+    # test-mode endpoints may reach loopback/private addresses (never live ones).
+    webhook_resolver: Resolver = system_resolver
+    webhook_allow_private_in_test: bool = False
+    # Record each paid purchase's revenue split (and each refund's reversal) in the
+    # purchase's own transaction (micropay.service.payouts). Off: no split is recorded.
+    record_splits: bool = False
 
 
 def api_tx(tx: Any) -> ApiSql:
@@ -123,6 +132,8 @@ class Runtime:
             signer=self.config.signer,
         )
         attach_outbox(made)  # events commit with the changes that cause them
+        if self.config.record_splits:
+            Payouts(made, attach=True)  # splits commit with the sales that earn them
         self._local.payments = made
         self._local.generation = self._generation
         return made

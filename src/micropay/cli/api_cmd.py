@@ -35,6 +35,7 @@ def serve(database_url: str, host: str, port: int, threads: int, signing_key_fil
     import uvicorn
 
     from micropay.api import ApiConfig, create_app
+    from micropay.api.observability import configure_logging
     from micropay.store.migrate import upgrade
 
     upgrade(database_url)
@@ -43,7 +44,9 @@ def serve(database_url: str, host: str, port: int, threads: int, signing_key_fil
 
     click.echo(f"micropay API on http://{host}:{port} (OpenAPI at /openapi.json)")
     # No access log from uvicorn: it would log raw paths; the app logs route templates.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+    # JSON lines, redacted, with request ids: uvicorn's own lines go the same way.
+    configure_logging()
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, log_level="info")
 
 
 def load_or_create_signer(path: Path) -> EntitlementSigner:

@@ -11,6 +11,7 @@ import click
 
 from micropay.cli.api_cmd import keys, serve
 from micropay.cli.bench_cmd import bench
+from micropay.cli.demo import demo
 from micropay.cli.export_cmd import export
 from micropay.cli.options import database_url_option
 from micropay.cli.simulate_cmd import simulate
@@ -66,18 +67,6 @@ def reconcile(database_url: str, as_json: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
-@main.command()
-@database_url_option
-@click.option("--customers", default=200, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--purchases", default=5_000, show_default=True, type=click.IntRange(0, 10_000_000))
-@click.option("--seed", default=7, show_default=True, type=int)
-def demo(database_url: str, customers: int, purchases: int, seed: int) -> None:
-    """Run the ledger demo: wallets top up, buy articles, hold and release funds."""
-    from micropay.cli.demo import run_demo
-
-    _guard(lambda: run_demo(database_url, customers=customers, purchases=purchases, seed=seed))
-
-
 def _guard(operation: Callable[[], T]) -> T:
     """Run ``operation``; turn infrastructure errors into a clear message and exit 2."""
     try:
@@ -86,6 +75,7 @@ def _guard(operation: Callable[[], T]) -> T:
         raise click.ClickException(str(error)) from None
 
 
+main.add_command(demo)
 main.add_command(export)
 main.add_command(bench)
 main.add_command(serve)

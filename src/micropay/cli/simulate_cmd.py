@@ -40,6 +40,12 @@ def _run(scenario: str, customers: int | None, days: int, seed: int, cap: int) -
 def _extra_lines(result: dict[str, Any]) -> list[str]:
     """The scenario's own figures, after the common ones."""
     scenario = result["scenario"]
+    if scenario == "news":
+        return [
+            f"fee guard           {result['fee_guard_refusals']:,} direct charges refused;"
+            f" {result['conversions']} readers took the proposed tab,"
+            f" {result['lost_sales']:,} sales lost ({_usd(result['lost_sales_micros'])})",
+        ]
     if scenario == "music":
         return [
             f"split artist/label  {_usd(result['artist_share_micros'])}"

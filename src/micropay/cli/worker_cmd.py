@@ -27,8 +27,15 @@ from micropay.cli.options import database_url_option
     type=click.FloatRange(0.1, 3_600),
     help="Seconds to wait when nothing was due.",
 )
-def worker(database_url: str, once: bool, jobs: str, poll_s: float) -> None:
+@click.option(
+    "--metrics-port",
+    default=0,
+    type=click.IntRange(0, 65_535),
+    help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).",
+)
+def worker(database_url: str, once: bool, jobs: str, poll_s: float, metrics_port: int) -> None:
     """Run scheduled work; any number of workers may share one database (each job runs once)."""
+    from micropay.api.observability import Metrics, count_deliveries
     from micropay.processors.simulated import SimulatedProcessor
     from micropay.service.payments import Payments
     from micropay.service.payouts import Payouts
@@ -45,8 +52,14 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float) -> None:
     try:
         payments = Payments(store, SimulatedProcessor())
         attach_outbox(payments)
+        metrics = Metrics()
+        metrics.attach(payments)  # charges and tab settlements the worker makes
         registry = payments_registry(payments)
-        register_webhook_jobs(registry, lambda: Webhooks(store))
+        register_webhook_jobs(
+            registry,
+            lambda: Webhooks(store),
+            on_outcomes=lambda outcomes: count_deliveries(metrics, outcomes),
+        )
         payouts = Payouts(payments)
         register_payout_jobs(registry, lambda: payouts)
         names = [n.strip() for n in jobs.split(",") if n.strip()] or None
@@ -61,6 +74,10 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float) -> None:
                 click.echo(f"{outcome.state:10} {outcome.run_key}{detail}")
             click.echo(f"{len(outcomes)} job(s) run")
             return
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

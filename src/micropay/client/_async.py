@@ -12,6 +12,7 @@ import httpx
 
 from micropay.client import _specs as specs
 from micropay.client import models as m
+from micropay.client._async_extra import AsyncExtraMethods
 from micropay.client._core import (
     DEFAULT_BASE_URL,
     Answer,
@@ -30,7 +31,7 @@ log = logging.getLogger("micropay.client")
 pages_max = 1_000_000  # a bound on auto-pagination, far above any real listing
 
 
-class AsyncClient:
+class AsyncClient(AsyncExtraMethods):
     """``AsyncClient(api_key, base_url)``: like :class:`~micropay.client.Client`, awaited.
 
     ``transport`` (an ``httpx.AsyncBaseTransport``, e.g. ``httpx.ASGITransport``) plugs in;

@@ -23,6 +23,7 @@ from micropay.client._core import (
     post,
     retry_delay,
 )
+from micropay.client._sync_extra import ExtraMethods
 from micropay.client.errors import MicropayError
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ log = logging.getLogger("micropay.client")
 pages_max = 1_000_000  # a bound on auto-pagination, far above any real listing
 
 
-class Client:
+class Client(ExtraMethods):
     """``Client(api_key, base_url)``: the micropay API, typed, with safe automatic retries.
 
     ``transport`` (an ``httpx.BaseTransport``) lets tests or proxies plug in;

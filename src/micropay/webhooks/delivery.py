@@ -241,19 +241,29 @@ class Webhooks:
 
 
 def register_webhook_jobs(
-    registry: Any, make_webhooks: Callable[[], Webhooks], every_s: int = 5
+    registry: Any,
+    make_webhooks: Callable[[], Webhooks],
+    every_s: int = 5,
+    on_outcomes: Callable[[list[DeliveryOutcome]], object] | None = None,
 ) -> None:
     """Add the ``deliver_webhooks`` recurring job to a worker :class:`Registry`.
 
     ``make_webhooks`` is called once per job run (a store connection per worker
     thread is the caller's business; a cached instance is fine for one thread).
+    ``on_outcomes`` sees each run's outcomes (metrics count them).
     """
     from micropay.worker.jobs import JobSpec
+
+    def run(_job: Any) -> list[DeliveryOutcome]:
+        outcomes = make_webhooks().drain()
+        if on_outcomes is not None:
+            on_outcomes(outcomes)
+        return outcomes
 
     registry.register(
         JobSpec(
             "deliver_webhooks",
-            run=lambda job: make_webhooks().drain(),
+            run=run,
             every_s=every_s,
             attempts_max=3,
             backoff_s=1.0,
