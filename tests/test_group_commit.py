@@ -10,7 +10,7 @@ import pytest
 from micropay.core.accounts import AccountFlags, NewAccount
 from micropay.core.statuses import AccountStatus, TransferStatus
 from micropay.core.transfers import Transfer, TransferFlags, TransferResult
-from micropay.service.group_commit import GroupCommitter
+from micropay.service.group_commit import GroupCommitter, Overloaded
 from micropay.service.ledger import BatchTooLarge, Ledger
 from micropay.service.reconcile import reconcile
 from micropay.store import open_store
@@ -146,3 +146,43 @@ def test_batch_size_limit(url: str, committer: GroupCommitter) -> None:
         assert reconcile(ledger.store).ok
     finally:
         ledger.store.close()
+
+
+def test_a_full_queue_sheds_load_and_writes_nothing(url: str) -> None:
+    committer = GroupCommitter(lambda: Ledger(open_store(url)), queue_max=0)
+    try:
+        with pytest.raises(Overloaded):
+            committer.transfer([Transfer(40_001, SOURCE, 10, 1, "USD")])
+    finally:
+        committer.close()
+    ledger = Ledger(open_store(url))
+    try:
+        assert ledger.transfers([40_001]) == {}
+    finally:
+        ledger.store.close()
+
+
+def test_a_failed_commit_reaches_every_caller_in_it(url: str) -> None:
+    def broken_ledger() -> Ledger:
+        store = open_store(url)
+        store.close()  # every write on it now fails, as a lost connection would
+        return Ledger(store)
+
+    committer = GroupCommitter(broken_ledger)
+    failures: list[BaseException] = []
+
+    def caller(n: int) -> None:
+        try:
+            committer.transfer([Transfer(50_000 + n, SOURCE, 10, 1, "USD")])
+        except Exception as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        committer.close()
+    assert len(failures) == 8

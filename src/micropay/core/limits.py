@@ -44,6 +44,7 @@ sqlite_busy_timeout_ms = 10_000
 # Group commit.
 group_commit_queue_max = 65_536
 group_commit_wait_s_max = 30.0
+group_commit_linger_s_max = 0.002  # how long a commit waits for callers still queueing
 
 # Read pages (lookups, exports stream in pages of this many rows).
 page_rows_max = 10_000
