@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
+from micropay.cli.bench_tabs_cmd import tabs
 from micropay.core import limits
 
 
@@ -100,6 +102,105 @@ def bench_ledger(
     click.echo(_summary(report))
 
 
+@bench.command("api")
+@click.option(
+    "--store", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="sqlite: the run writes <path>.api, which must not exist yet (default: a temp file);"
+    " postgres: the server/database to create a fresh schema in"
+    " (default postgresql://postgres@127.0.0.1:5432/test).",
+)
+@click.option("--customers", default=10_000, show_default=True, type=click.IntRange(2, 1_000_000))
+@click.option(
+    "--duration",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.2, 3_600.0),
+    help="Seconds per measured phase.",
+)
+@click.option("--connections", default=64, show_default=True, type=click.IntRange(1, 1_024))
+@click.option(
+    "--generators",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Load generator processes (the connections are split between them).",
+)
+@click.option(
+    "--warmup",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 600.0),
+    help="Seconds of purchases before the measured phases (not reported as figures).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_api(
+    *,
+    store: str,
+    database_url: str | None,
+    customers: int,
+    duration: float,
+    connections: int,
+    generators: int,
+    warmup: float,
+    as_json: bool,
+) -> None:
+    """API workload 2: purchases/s through `micropay serve` vs its health-check ceiling."""
+    from micropay.bench.api import ApiBenchError, ApiBenchOptions, run_api_bench
+    from micropay.bench.databases import BenchDatabaseError
+    from micropay.service.ports import StoreError
+
+    options = ApiBenchOptions(
+        store=store,
+        database_url=database_url,
+        customers=customers,
+        duration_s=duration,
+        connections=connections,
+        generators=generators,
+        warmup_s=warmup,
+    )
+    try:
+        report = run_api_bench(options)
+    except (StoreError, BenchDatabaseError, ApiBenchError) as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(_api_summary(report))
+
+
+def _api_summary(r: dict[str, Any]) -> str:
+    cpu = r["cpu"]
+    lines = [
+        f"API workload on {r['store']}: {r['customers']:,} customers, {r['merchants']} merchants,"
+        f" {r['api_keys']} keys, {r['connections']} connections,"
+        f" {r['generators']} generator process(es), {r['duration_s']} s a phase"
+        f" (setup {r['setup_s']} s)",
+        f"  purchases {r['purchases_per_s']:>10,.1f} /s  closed loop"
+        f"  (p50 {r['closed_loop_p50_ms']} ms, p99 {r['closed_loop_p99_ms']} ms)",
+        f"  healthz   {r['healthz_per_s']:>10,.1f} /s  closed loop, same generator",
+        f"  ratio     {r['ratio_to_ceiling']}   (hot merchant share {r['hot_share']})",
+        f"  half load {r['half_load_rate']:,.1f} /s scheduled,"
+        f" {r['half_load_achieved_per_s']:,.1f} /s done:"
+        f" p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms (from the scheduled send time)",
+    ]
+    for name, c in cpu.items():
+        lines.append(
+            f"  cpu {name:<10} server {c['server_cpu_s']} s, generators"
+            f" {c['generators_cpu_s']} s in {c['wall_s']} s"
+        )
+    lines += [
+        f"  errors    {r['errors'] or 'none'}",
+        f"  purchases answered 2xx {r['purchases_2xx']:,}, recorded by the server"
+        f" {r['server_purchases']:,}",
+        f"  reconcile {'clean' if r['reconcile_ok'] else 'VIOLATIONS'}",
+    ]
+    return "\n".join(lines)
+
+
 def _summary(r: dict[str, object]) -> str:
     mode = (
         f"{r['concurrency']} concurrent callers, group commit"
@@ -116,7 +217,8 @@ def _summary(r: dict[str, object]) -> str:
             f"   p50 {r['raw_batch_p50_ms']} ms  p99 {r['raw_batch_p99_ms']} ms"
             f"  (batch {r['raw_batch']})",
             f"  ratio    {r['ratio_to_raw']}",
-            f"  batches  netted {r['netted_batches']:,}  exact {r['exact_batches']:,}"
+            f"  batches  netted {r['netted_batches']:,}  plain {r['plain_batches']:,}"
+            f"  exact {r['exact_batches']:,}"
             f"  retries {r['retries']:,}",
             f"  outcome  accepted {r['accepted']:,}  rejected {r['rejected']:,}",
             f"  peak RSS {r['peak_rss_mb']} MB writing,"
@@ -124,3 +226,6 @@ def _summary(r: dict[str, object]) -> str:
             f"  reconcile {'clean' if r['reconcile_ok'] else 'VIOLATIONS'}",
         ]
     )
+
+
+bench.add_command(tabs)
