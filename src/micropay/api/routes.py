@@ -130,19 +130,21 @@ def principal(
     return runtime.authenticate(header if creds is not None else None)
 
 
-def merchant_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
+# The guards are pure checks: ``async`` keeps them on the event loop instead of a
+# round trip through the threadpool each.
+async def merchant_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
     if p.kind != "secret":
         raise ApiError("key_scope_insufficient", "this endpoint needs a secret key")
     return p
 
 
-def any_merchant_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
+async def any_merchant_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
     if p.kind not in ("secret", "publishable"):
         raise ApiError("key_scope_insufficient", "this endpoint needs a merchant key")
     return p
 
 
-def operator_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
+async def operator_key(p: Annotated[Principal, Depends(principal)]) -> Principal:
     if p.kind != "operator":
         raise ApiError("key_scope_insufficient", "this endpoint needs the operator key")
     return p
@@ -210,6 +212,14 @@ def build_router(rt: Runtime) -> APIRouter:
     def create_merchant(
         body: s.MerchantCreate, p: Operator, request: Request, key: IdemKey
     ) -> Response:
+        served = rt.config.processor_mode
+        if served is not None and body.mode != served:
+            # One deployment per mode: its worker charges every merchant it holds.
+            raise ApiError(
+                "mode_mismatch",
+                f"this server's processor is in {served} mode: it creates {served} merchants only",
+            )
+
         def run() -> tuple[int, bytes]:
             payments = rt.payments()
             new = api_keys.generate("secret", body.mode)
@@ -414,9 +424,21 @@ def build_router(rt: Runtime) -> APIRouter:
 
     @v1.post("/purchases", status_code=201, response_model=s.PurchaseOut, tags=["purchases"])
     def purchase(body: s.PurchaseCreate, p: Secret, request: Request, key: IdemKey) -> Response:
-        def run() -> tuple[int, bytes]:
-            customer = rt.read(lambda tx: own_customer(tx, p, body.customer))
-            receipt = rt.payments().purchase(
+        def answer(receipt: Receipt) -> tuple[int, bytes]:
+            http, _ = STATUS_HTTP[receipt.status]
+            if http >= 400:
+                raise ApiError.from_status(receipt.status, receipt.message)
+            return http, _dump(_receipt_out(receipt, body.customer, body.item))
+
+        # Paid from the wallet, the tab or store credit: the key's row, the
+        # purchase and the stored answer commit together, in one transaction.
+        done: list[tuple[int, Receipt]] = []
+
+        def in_one_tx(tx: Any) -> tuple[int, bytes] | None:
+            done.clear()  # a retried transaction starts over
+            customer = own_customer(tx, p, body.customer)
+            receipt = rt.payments().purchase_in(
+                tx,
                 p.merchant,
                 customer.id,
                 body.item,
@@ -424,10 +446,34 @@ def build_router(rt: Runtime) -> APIRouter:
                 price_micros=body.price_micros,
                 currency=body.currency,
             )
-            http, _ = STATUS_HTTP[receipt.status]
-            if http >= 400:
-                raise ApiError.from_status(receipt.status, receipt.message)
-            return http, _dump(_receipt_out(receipt, body.customer, body.item))
+            if receipt is None:
+                return None
+            done.append((customer.id, receipt))
+            return answer(receipt)
+
+        request_id = str(getattr(request.state, "request_id", ""))
+        fast = rt.idempotent_in_one_tx(
+            p, key, _fingerprint(request.url.path, body), in_one_tx, request_id
+        )
+        if fast is not None:
+            for customer_id, receipt in done:
+                rt.payments().after_purchase(customer_id, receipt)
+            return _response(*fast)
+
+        # A card charge, a tab settlement or an auto-reload: the processor is
+        # called outside any transaction, under the key's in-progress row.
+        def run() -> tuple[int, bytes]:
+            customer = rt.read(lambda tx: own_customer(tx, p, body.customer))
+            return answer(
+                rt.payments().purchase(
+                    p.merchant,
+                    customer.id,
+                    body.item,
+                    key,
+                    price_micros=body.price_micros,
+                    currency=body.currency,
+                )
+            )
 
         return idempotent(p, key, request, body, run)
 

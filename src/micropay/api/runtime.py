@@ -57,6 +57,10 @@ class ApiConfig:
     # Record each paid purchase's revenue split (and each refund's reversal) in the
     # purchase's own transaction (micropay.service.payouts). Off: no split is recorded.
     record_splits: bool = False
+    # The processor's mode (micropay.processors.config): keys of the other mode are
+    # refused (mode_mismatch), so live data never meets a test or simulated processor
+    # and test data never charges real cards. None: no check (tests, embedding).
+    processor_mode: str | None = None
 
 
 def api_tx(tx: Any) -> ApiSql:
@@ -176,6 +180,11 @@ class Runtime:
             raise ApiError("api_key_revoked", "this API key was revoked")
         if row.kind != "operator" and merchant_mode != row.mode:
             raise ApiError("mode_mismatch", "this key's mode does not match its merchant's data")
+        served = self.config.processor_mode
+        if served is not None and row.mode != served:
+            raise ApiError(
+                "mode_mismatch", f"this server's processor is in {served} mode: use a {served} key"
+            )
         wait_s = self.limiter.take(row.lookup)
         if wait_s > 0:
             raise ApiError(
@@ -207,23 +216,7 @@ class Runtime:
         """
         owner = principal.owner
         now_us = self.config.clock()
-        stale_before_us = now_us - idempotency_in_progress_timeout_s * 1_000_000
-
-        def start(tx: Any) -> tuple[int, bytes] | None:
-            sql = api_tx(tx)
-            row = sql.get_idempotency(owner, key)
-            if row is None:
-                sql.start_idempotency(owner, key, fingerprint, now_us)
-                return None
-            if row.fingerprint != fingerprint:
-                raise ApiError("idempotency_key_reused", "this key was used for another request")
-            if row.state == "done":
-                return row.status_code, row.body
-            if sql.restart_idempotency(owner, key, fingerprint, stale_before_us, now_us):
-                return None
-            raise ApiError("idempotency_request_in_progress", "a request with this key is running")
-
-        prior = self.write(start)
+        prior = self.write(lambda tx: _start_idempotency(tx, owner, key, fingerprint, now_us))
         if prior is not None:
             return prior[0], prior[1], True
         try:
@@ -239,3 +232,93 @@ class Runtime:
         else:
             self.write(lambda tx: api_tx(tx).finish_idempotency(owner, key, status, stored))
         return status, body, False
+
+    def idempotent_in_one_tx(
+        self,
+        principal: Principal,
+        key: str,
+        fingerprint: str,
+        handler: Callable[[Any], tuple[int, bytes] | None],
+        request_id: str,
+    ) -> tuple[int, bytes, bool] | None:
+        """``idempotent`` for a request that can complete inside one write transaction.
+
+        The key's row is started, ``handler(tx)`` runs and the answer is stored,
+        all in one transaction: one commit instead of three. ``handler``
+        returns ``None`` when the request needs work outside a transaction (a
+        processor call); then nothing is committed and this returns ``None``:
+        the caller takes :meth:`idempotent`. An ``ApiError`` from ``handler`` is
+        the answer, stored like any other.
+        """
+        owner = principal.owner
+
+        def run(tx: Any) -> tuple[int, bytes, bool]:
+            now_us = self.config.clock()
+            prior = _start_idempotency(tx, owner, key, fingerprint, now_us)
+            if prior is not None:
+                return prior[0], prior[1], True
+            try:
+                answer = handler(tx)
+            except ApiError as error:
+                answer = error.status, envelope(error.code, error.message, request_id)
+            if answer is None:
+                raise _NeedsGeneralPath
+            api_tx(tx).finish_idempotency(owner, key, answer[0], answer[1])
+            return answer[0], answer[1], False
+
+        try:
+            return self.write(run)
+        except _NeedsGeneralPath:
+            return None
+
+
+class _NeedsGeneralPath(Exception):
+    """Internal: roll the one-transaction attempt back and take the general path."""
+
+
+def _start_idempotency(
+    tx: Any, owner: str, key: str, fingerprint: str, now_us: int
+) -> tuple[int, bytes] | None:
+    """Claim (owner, key) for this request; the stored answer if it already has one.
+
+    Same key, another request: 409. Still running: 409, unless the row is
+    older than ``idempotency_in_progress_timeout_s`` (its request died): then
+    this request takes it over.
+    """
+    sql = api_tx(tx)
+    row = sql.get_idempotency(owner, key)
+    if row is None:
+        sql.start_idempotency(owner, key, fingerprint, now_us)
+        return None
+    if row.fingerprint != fingerprint:
+        raise ApiError("idempotency_key_reused", "this key was used for another request")
+    if row.state == "done":
+        return row.status_code, row.body
+    stale_before_us = now_us - idempotency_in_progress_timeout_s * 1_000_000
+    if sql.restart_idempotency(owner, key, fingerprint, stale_before_us, now_us):
+        return None
+    raise ApiError("idempotency_request_in_progress", "a request with this key is running")
+
+
+def merchant_modes(store: Any) -> dict[str, int]:
+    """How many merchants the database holds in each mode (``test``/``live``)."""
+    with store.read() as tx:
+        rows = api_tx(tx)._api_all("SELECT mode, COUNT(*) FROM api_merchants GROUP BY mode", ())
+    return {str(mode): int(count) for mode, count in rows}
+
+
+def other_mode_problem(store: Any, processor_mode: str) -> str | None:
+    """Why a worker must not run ``processor_mode``'s processor on this database, if it must not.
+
+    The worker's jobs charge and pay for every merchant: live merchants under a test
+    (or simulated) processor would be marked paid without money moving; test merchants
+    under a live key would charge real cards.
+    """
+    others = {mode: n for mode, n in merchant_modes(store).items() if mode != processor_mode}
+    if not others:
+        return None
+    listed = ", ".join(f"{n} {mode}-mode" for mode, n in sorted(others.items()))
+    return (
+        f"the database holds {listed} merchant(s) but the processor is in {processor_mode}"
+        " mode: run one deployment (database, server, worker) per mode"
+    )

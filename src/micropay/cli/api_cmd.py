@@ -4,11 +4,42 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from micropay.cli.options import database_url_option
 from micropay.payments.tokens import EntitlementSigner
+
+if TYPE_CHECKING:
+    from micropay.processors.config import ConfiguredProcessor
+
+processor_option = click.option(
+    "--processor",
+    "processor_kind",
+    envvar="MICROPAY_PROCESSOR",
+    type=click.Choice(["simulated", "stripe"], case_sensitive=False),
+    default="simulated",
+    show_default=True,
+    help="Card processor (env MICROPAY_PROCESSOR). stripe reads STRIPE_API_KEY,"
+    " STRIPE_WEBHOOK_SECRET and optionally STRIPE_API_BASE from the environment.",
+)
+
+
+class ConfigError(click.ClickException):
+    """A bad setting: ``Error: <message>`` and exit status 2, no traceback."""
+
+    exit_code = 2
+
+
+def build_processor(kind: str, *, events: bool) -> ConfiguredProcessor:
+    """The processor ``kind`` from the environment's STRIPE_* settings, or exit 2 saying why."""
+    from micropay.processors.config import ProcessorConfigError, processor_from_env
+
+    try:
+        return processor_from_env(kind=kind, events=events)
+    except ProcessorConfigError as error:
+        raise ConfigError(str(error)) from None
 
 
 @click.command()
@@ -30,23 +61,49 @@ from micropay.payments.tokens import EntitlementSigner
     help="Ed25519 key (PEM) that signs entitlement tokens; created on first start"
     " (env MICROPAY_SIGNING_KEY_FILE).",
 )
-def serve(database_url: str, host: str, port: int, threads: int, signing_key_file: str) -> None:
-    """Serve the HTTP API (migrates the database first)."""
+@processor_option
+def serve(
+    database_url: str,
+    host: str,
+    port: int,
+    threads: int,
+    signing_key_file: str,
+    processor_kind: str,
+) -> None:
+    """Serve the HTTP API (migrates the database first).
+
+    API keys of the other mode than the processor's are refused (mode_mismatch):
+    the simulated processor and sk_test_ keys serve test keys, sk_live_ keys live ones.
+    """
     import uvicorn
 
     from micropay.api import ApiConfig, create_app
     from micropay.api.observability import configure_logging
     from micropay.store.migrate import upgrade
 
-    upgrade(database_url)
-    signer = load_or_create_signer(Path(signing_key_file))
-    app = create_app(ApiConfig(database_url, worker_threads=threads, signer=signer))
+    configured = build_processor(processor_kind, events=True)
+    try:
+        upgrade(database_url)
+        signer = load_or_create_signer(Path(signing_key_file))
+        config = ApiConfig(
+            database_url,
+            processor=configured.processor,
+            processor_mode=configured.mode,
+            worker_threads=threads,
+            signer=signer,
+        )
+        app = create_app(config)
 
-    click.echo(f"micropay API on http://{host}:{port} (OpenAPI at /openapi.json)")
-    # No access log from uvicorn: it would log raw paths; the app logs route templates.
-    # JSON lines, redacted, with request ids: uvicorn's own lines go the same way.
-    configure_logging()
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, log_level="info")
+        click.echo(
+            f"micropay API on http://{host}:{port} (OpenAPI at /openapi.json),"
+            f" {configured.describe()}"
+        )
+        # No access log from uvicorn: it would log raw paths; the app logs route templates.
+        # JSON lines, redacted, with request ids: uvicorn's own lines go the same way.
+        configure_logging()
+        uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, log_level="info")
+    finally:
+        configured.close()
 
 
 def load_or_create_signer(path: Path) -> EntitlementSigner:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from micropay.cli.api_cmd import ConfigError, build_processor, processor_option
 from micropay.cli.options import database_url_option
 
 
@@ -33,10 +34,21 @@ from micropay.cli.options import database_url_option
     type=click.IntRange(0, 65_535),
     help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).",
 )
-def worker(database_url: str, once: bool, jobs: str, poll_s: float, metrics_port: int) -> None:
-    """Run scheduled work; any number of workers may share one database (each job runs once)."""
+@processor_option
+def worker(
+    database_url: str,
+    once: bool,
+    jobs: str,
+    poll_s: float,
+    metrics_port: int,
+    processor_kind: str,
+) -> None:
+    """Run scheduled work; any number of workers may share one database (each job runs once).
+
+    Refuses to start on a database holding merchants of the other mode than the processor's.
+    """
     from micropay.api.observability import Metrics, count_deliveries
-    from micropay.processors.simulated import SimulatedProcessor
+    from micropay.api.runtime import other_mode_problem
     from micropay.service.payments import Payments
     from micropay.service.payouts import Payouts
     from micropay.service.ports import StoreError
@@ -45,12 +57,20 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float, metrics_port
     from micropay.webhooks.outbox import attach as attach_outbox
     from micropay.worker import Worker, payments_registry, register_payout_jobs
 
+    configured = build_processor(processor_kind, events=False)
     try:
         store: Any = open_store(database_url)
     except StoreError as error:
+        configured.close()
         raise click.ClickException(str(error)) from None
     try:
-        payments = Payments(store, SimulatedProcessor())
+        try:
+            problem = other_mode_problem(store, configured.mode)
+        except StoreError as error:  # e.g. not migrated yet
+            raise click.ClickException(f"{error} (run: micropay db upgrade)") from None
+        if problem is not None:
+            raise ConfigError(problem)
+        payments = Payments(store, configured.processor)
         attach_outbox(payments)
         metrics = Metrics()
         metrics.attach(payments)  # charges and tab settlements the worker makes
@@ -81,7 +101,10 @@ def worker(database_url: str, once: bool, jobs: str, poll_s: float, metrics_port
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        click.echo(f"worker {runner.owner}: jobs {', '.join(runner.names)}")
+        click.echo(
+            f"worker {runner.owner}: jobs {', '.join(runner.names)}, {configured.describe()}"
+        )
         runner.run_forever(stop, poll_s)
     finally:
         store.close()
+        configured.close()

@@ -88,6 +88,25 @@ class _PurchaseRequest:
     shown_currency: str | None
 
 
+def _purchase_request(
+    merchant_id: int,
+    customer_id: int,
+    item_ref: str,
+    idempotency_key: str,
+    price_micros: int | None,
+    currency: str | None,
+) -> _PurchaseRequest | Receipt:
+    """The checked request of a purchase, or the receipt refusing it."""
+    if not is_valid_key(idempotency_key):
+        return Receipt(PurchaseStatus.idempotency_key_invalid)
+    if price_micros is not None and not is_valid_price(price_micros):
+        return Receipt(PurchaseStatus.price_invalid, message="price must be > 0 micros")
+    fingerprint = request_hash(merchant_id, customer_id, item_ref, price_micros, currency)
+    return _PurchaseRequest(
+        merchant_id, customer_id, item_ref, idempotency_key, fingerprint, price_micros, currency
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TopUpReceipt:
     status: TopUpStatus
@@ -354,17 +373,18 @@ class Payments:
         return self.top_up(customer_id, customer.auto_reload_amount_micros, key)
 
     def _reload_below_threshold(self, customer_id: int, key: str) -> None:
-        def low(tx: PaymentsWriteTx) -> bool:
-            customer = tx.get_customer(customer_id)
+        # A read is enough: the top-up is idempotent under ``key``, and a
+        # wallet that a concurrent purchase drains further is seen by that one.
+        with self.store.read() as reader:
+            customer = reader.get_customer(customer_id)
             if customer is None or not customer.auto_reload_amount_micros:
-                return False
+                return
             wallet_id = chart.wallet_account(customer_id, customer.currency)
-            wallet = tx.lock_accounts([wallet_id]).get(wallet_id)
-            return wallet is not None and (
+            wallet = reader.get_accounts([wallet_id]).get(wallet_id)
+            low = wallet is not None and (
                 available_micros(wallet) < customer.auto_reload_threshold_micros
             )
-
-        if self.charges.tx(low):
+        if low:
             self._auto_reload(customer_id, key)
 
     def _topup_refusal(self, customer: Customer, amount_micros: int) -> TopUpStatus | None:
@@ -398,14 +418,11 @@ class Payments:
         ``price_micros`` and ``currency``, when given, are what the customer was
         shown: a different catalogue price refuses the purchase (``price_invalid``).
         """
-        if not is_valid_key(idempotency_key):
-            return Receipt(PurchaseStatus.idempotency_key_invalid)
-        if price_micros is not None and not is_valid_price(price_micros):
-            return Receipt(PurchaseStatus.price_invalid, message="price must be > 0 micros")
-        fingerprint = request_hash(merchant_id, customer_id, item_ref, price_micros, currency)
-        request = _PurchaseRequest(
-            merchant_id, customer_id, item_ref, idempotency_key, fingerprint, price_micros, currency
+        request = _purchase_request(
+            merchant_id, customer_id, item_ref, idempotency_key, price_micros, currency
         )
+        if isinstance(request, Receipt):
+            return request
         outcome = self.charges.tx(lambda tx: self._purchase_in(tx, request, retried=False))
         if isinstance(outcome, SourceChoice) and outcome.settle_tab:
             # The tab is full: settle it in one charge, then try once more.
@@ -416,10 +433,41 @@ class Payments:
             self._auto_reload(customer_id, f"auto:{merchant_id}:{idempotency_key}")
             outcome = self.charges.tx(lambda tx: self._purchase_in(tx, request, retried=True))
         if isinstance(outcome, Receipt):
-            if outcome.funding is FundingSource.wallet and not outcome.replayed:
-                self._reload_below_threshold(customer_id, f"auto:after:{outcome.purchase_id}")
+            self.after_purchase(customer_id, outcome)
             return outcome
         return self._charge_direct(outcome)
+
+    def purchase_in(
+        self,
+        tx: PaymentsWriteTx,
+        merchant_id: int,
+        customer_id: int,
+        item_ref: str,
+        idempotency_key: str,
+        *,
+        price_micros: int | None = None,
+        currency: str | None = None,
+    ) -> Receipt | None:
+        """``purchase`` inside the caller's write transaction, when it needs nothing else.
+
+        Returns the receipt of a purchase that the wallet, the tab or store
+        credit pays (or a refusal, or a replay), written in ``tx``; the caller
+        commits it and then calls :meth:`after_purchase`. Returns ``None``, with
+        nothing written, when the purchase needs a processor call (a card
+        charge, a tab settlement, an auto-reload): use :meth:`purchase`.
+        """
+        request = _purchase_request(
+            merchant_id, customer_id, item_ref, idempotency_key, price_micros, currency
+        )
+        if isinstance(request, Receipt):
+            return request
+        outcome = self._purchase_in(tx, request, retried=False)
+        return outcome if isinstance(outcome, Receipt) else None
+
+    def after_purchase(self, customer_id: int, receipt: Receipt) -> None:
+        """What follows a committed :meth:`purchase_in`: auto-reload below the threshold."""
+        if receipt.funding is FundingSource.wallet and not receipt.replayed:
+            self._reload_below_threshold(customer_id, f"auto:after:{receipt.purchase_id}")
 
     def _purchase_in(
         self, tx: PaymentsWriteTx, request: _PurchaseRequest, *, retried: bool

@@ -10,7 +10,9 @@ service to retry.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -124,6 +126,17 @@ class SqliteWriteTx(_SqliteReads):
         return True
 
 
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _process_write_lock(path: str) -> threading.Lock:
+    """The lock this process's writers of the database file ``path`` share."""
+    key = path if path == ":memory:" else os.path.realpath(path)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.Lock())
+
+
 class SqliteStore:
     """One connection to a SQLite database file. Not shared between threads at once."""
 
@@ -131,6 +144,7 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._write_lock = _process_write_lock(path)
         try:
             self._conn = sqlite3.connect(
                 path,
@@ -168,12 +182,23 @@ class SqliteStore:
     @contextmanager
     def write(self) -> Iterator[SqliteWriteTx]:
         conn = self._conn
+        # Threads of this process queue on a lock rather than in SQLite's busy
+        # handler, which sleeps in growing steps (up to 100 ms) and wakes late.
+        lock = self._write_lock
+        if not lock.acquire(timeout=limits.sqlite_busy_timeout_ms / 1000):
+            raise TransientStoreError("sqlite: timed out waiting for this process's writers")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:
-            if _is_busy(error):
-                raise TransientStoreError(str(error)) from None
-            raise StoreError(str(error)) from None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                if _is_busy(error):
+                    raise TransientStoreError(str(error)) from None
+                raise StoreError(str(error)) from None
+            yield from self._write_body(conn)
+        finally:
+            lock.release()
+
+    def _write_body(self, conn: sqlite3.Connection) -> Iterator[SqliteWriteTx]:
         try:
             yield SqliteWriteTx(conn.cursor())
             conn.execute("COMMIT")
