@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint types unit clean
+.PHONY: setup demo test lint types unit docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ unit: $(STAMP)
 	$(BIN)/coverage report
 
 test: lint types unit
+
+docs: $(STAMP)
+	$(BIN)/micropay docs
 
 clean:
 	rm -rf $(VENV) micropay-demo.db*

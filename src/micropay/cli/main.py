@@ -12,6 +12,7 @@ import click
 from micropay.cli.api_cmd import keys, serve
 from micropay.cli.bench_cmd import bench
 from micropay.cli.demo import demo
+from micropay.cli.docs_cmd import docs
 from micropay.cli.export_cmd import export
 from micropay.cli.options import database_url_option
 from micropay.cli.simulate_cmd import simulate
@@ -82,6 +83,24 @@ main.add_command(serve)
 main.add_command(keys)
 main.add_command(worker)
 main.add_command(simulate)
+main.add_command(docs)
+
+
+def _same_settings_everywhere(command: click.Command) -> None:
+    """Give every command the group's help options and width, however it is invoked.
+
+    Click computes a command's help option once, from the first context it
+    meets: a command invoked on its own (a test, an embedding program) would
+    otherwise keep ``--help`` without ``-h`` for the rest of the process.
+    """
+    for name, value in (main.context_settings or {}).items():
+        command.context_settings.setdefault(name, value)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _same_settings_everywhere(sub)
+
+
+_same_settings_everywhere(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
