@@ -1,6 +1,6 @@
 """A client that writes batches of transfers with a durable log, until it is killed.
 
-Run as a subprocess by ``test_crash.py``::
+Run as a subprocess by ``test_crash.py`` and ``test_crash_pg_server.py``::
 
     python tests/crash_writer.py '{"url": ..., "log": ..., "seed": 1, "first_id": 10,
                                    "customers": [...], "merchants": [...]}'
