@@ -217,3 +217,23 @@ def test_keys_cli_creates_lists_and_revokes(api: Api, database_url: str) -> None
     assert runner.invoke(keys, ["revoke", *url, lookup]).exit_code != 0
     refused = api.call("GET", "/v1/entitlement-keys", token)
     assert refused.status_code == 401
+
+
+@pytest.mark.parametrize("cache_s", [30.0, 0.0])
+def test_a_key_revoked_elsewhere_is_refused_after_the_auth_cache(
+    database_url: str, clock: FakeClock, cache_s: float
+) -> None:
+    """The trade-off of ``auth_cache_s``, both ways: trusted until it passes, or never cached."""
+    from micropay.api.admin import revoke_key
+
+    with running_api(database_url, clock, auth_cache_s=cache_s) as api:
+        _, key = api.merchant()
+        assert api.call("GET", "/v1/entitlement-keys", key).status_code == 200
+        lookup = key.split("_")[-1][:16]
+        assert revoke_key(database_url, lookup)  # the CLI's way: another process
+        after = api.call("GET", "/v1/entitlement-keys", key)
+        if cache_s:
+            assert after.status_code == 200  # still trusted: within the cache time
+        else:
+            assert after.status_code == 401
+            assert after.json()["error"]["code"] == "api_key_revoked"

@@ -121,13 +121,17 @@ def _receipt_out(r: Receipt, customer: str, item: str) -> s.PurchaseOut:
     )
 
 
-def principal(
+async def principal(
     creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     request: Request,
 ) -> Principal:
-    header = request.headers.get("authorization")
+    header = request.headers.get("authorization") if creds is not None else None
     runtime: Runtime = request.app.state.runtime
-    return runtime.authenticate(header if creds is not None else None)
+    # A key seen within the last second: no database read, no threadpool hop.
+    cached = runtime.authenticate_cached(header)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(runtime.authenticate, header)
 
 
 # The guards are pure checks: ``async`` keeps them on the event loop instead of a
@@ -311,7 +315,9 @@ def build_router(rt: Runtime) -> APIRouter:
                 assert found is not None
                 return found
 
-            return 200, _dump(_key_out(rt.write(revoke)))
+            revoked = rt.write(revoke)
+            rt.forget_keys()  # after the commit: a request in between must not re-cache it
+            return 200, _dump(_key_out(revoked))
 
         return idempotent(p, key, request, None, run)
 
@@ -432,7 +438,7 @@ def build_router(rt: Runtime) -> APIRouter:
 
         # Paid from the wallet, the tab or store credit: the key's row, the
         # purchase and the stored answer commit together, in one transaction.
-        done: list[tuple[int, Receipt]] = []
+        done: list[tuple[Customer, Receipt]] = []
 
         def in_one_tx(tx: Any) -> tuple[int, bytes] | None:
             done.clear()  # a retried transaction starts over
@@ -448,7 +454,7 @@ def build_router(rt: Runtime) -> APIRouter:
             )
             if receipt is None:
                 return None
-            done.append((customer.id, receipt))
+            done.append((customer, receipt))
             return answer(receipt)
 
         request_id = str(getattr(request.state, "request_id", ""))
@@ -456,8 +462,9 @@ def build_router(rt: Runtime) -> APIRouter:
             p, key, _fingerprint(request.url.path, body), in_one_tx, request_id
         )
         if fast is not None:
-            for customer_id, receipt in done:
-                rt.payments().after_purchase(customer_id, receipt)
+            for customer, receipt in done:
+                if customer.auto_reload_amount_micros:  # as read in the purchase's transaction
+                    rt.payments().after_purchase(customer.id, receipt)
             return _response(*fast)
 
         # A card charge, a tab settlement or an auto-reload: the processor is

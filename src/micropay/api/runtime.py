@@ -8,6 +8,7 @@ all sharing one id generator, one processor and one entitlement signer.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ page_limit_max = 100
 page_limit_default = 20
 idempotency_in_progress_timeout_s = 60
 rate_buckets_max = 100_000
+auth_cache_entries_max = 100_000
 
 
 @dataclass
@@ -61,6 +63,10 @@ class ApiConfig:
     # refused (mode_mismatch), so live data never meets a test or simulated processor
     # and test data never charges real cards. None: no check (tests, embedding).
     processor_mode: str | None = None
+    # How long a key that authenticated is trusted without a database read. A key
+    # revoked through this process is refused at once; through another process
+    # (the CLI, another server), within this time. 0: read the key every request.
+    auth_cache_s: float = 1.0
 
 
 def api_tx(tx: Any) -> ApiSql:
@@ -120,6 +126,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._opened: list[PaymentsStore] = []
         self._generation = 0  # bumped by close(): threads then open fresh connections
+        # sha256(Authorization header) -> (valid until, monotonic s; principal)
+        self._auth_cache: dict[bytes, tuple[float, Principal]] = {}
 
     def payments(self) -> Payments:
         found = getattr(self._local, "payments", None)
@@ -159,6 +167,44 @@ class Runtime:
 
     # --- authentication --------------------------------------------------------
 
+    def authenticate_cached(self, authorization: str | None) -> Principal | None:
+        """The principal of a key that authenticated within ``auth_cache_s``, else ``None``.
+
+        No database read: the caller falls back to :meth:`authenticate`. The
+        rate limit applies on every call. A key revoked through this process
+        is forgotten at once; one revoked elsewhere (the CLI, another server
+        process) is refused within ``auth_cache_s``.
+        """
+        if not authorization or self.config.auth_cache_s <= 0:
+            return None
+        digest = hashlib.sha256(authorization.encode()).digest()
+        found = self._auth_cache.get(digest)
+        if found is None or found[0] < time.monotonic():
+            return None
+        self._rate_limit(found[1].lookup)
+        return found[1]
+
+    def forget_keys(self) -> None:
+        """Drop every cached authentication (after a key is revoked)."""
+        self._auth_cache = {}
+
+    def _remember(self, authorization: str, principal: Principal) -> None:
+        if self.config.auth_cache_s <= 0:
+            return
+        if len(self._auth_cache) >= auth_cache_entries_max:
+            self._auth_cache = {}
+        digest = hashlib.sha256(authorization.encode()).digest()
+        self._auth_cache[digest] = (time.monotonic() + self.config.auth_cache_s, principal)
+
+    def _rate_limit(self, lookup: str) -> None:
+        wait_s = self.limiter.take(lookup)
+        if wait_s > 0:
+            raise ApiError(
+                "rate_limited",
+                "too many requests for this key",
+                headers={"Retry-After": str(max(1, int(wait_s + 0.999)))},
+            )
+
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise ApiError("authentication_required", "send Authorization: Bearer <api key>")
@@ -185,14 +231,10 @@ class Runtime:
             raise ApiError(
                 "mode_mismatch", f"this server's processor is in {served} mode: use a {served} key"
             )
-        wait_s = self.limiter.take(row.lookup)
-        if wait_s > 0:
-            raise ApiError(
-                "rate_limited",
-                "too many requests for this key",
-                headers={"Retry-After": str(max(1, int(wait_s + 0.999)))},
-            )
-        return Principal(row.kind, row.mode, row.lookup, row.merchant_id)
+        self._rate_limit(row.lookup)
+        principal = Principal(row.kind, row.mode, row.lookup, row.merchant_id)
+        self._remember(authorization, principal)
+        return principal
 
     # --- idempotency -----------------------------------------------------------
 
