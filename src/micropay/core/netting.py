@@ -296,9 +296,6 @@ def account_state(account: Account) -> AccountState:
     )
 
 
-_STATUS_VALUES = {status: status.value for status in TransferStatus}
-
-
 def settle_plain(plan: NettedPlan, accounts: Mapping[int, AccountState]) -> PlainOutcome | None:
     """The outcome of ``plan``'s batch against ``accounts``, or ``None`` if it has a chain.
 
@@ -309,55 +306,81 @@ def settle_plain(plan: NettedPlan, accounts: Mapping[int, AccountState]) -> Plai
     if any(row[6] & _LINKED for row in rows):
         return None
     ok = TransferStatus.ok
-    # id -> [debits_pending, debits_posted, credits_pending, credits_posted]
-    counters: dict[int, list[int]] = {i: list(state[3:]) for i, state in accounts.items()}
+    # What the batch has posted so far, per account (plain transfers hold
+    # nothing): ints, so that the loop allocates no tracked objects.
+    debited: dict[int, int] = {}
+    credited: dict[int, int] = {}
+    debited_get, credited_get = debited.get, credited.get
     results: list[TransferResult] = []
     accepted: list[NettedRow] = []
     rejected: list[PlainRejectionRow] = []
-    add_result, add_accepted = results.append, accepted.append
+    add_result, add_accepted, add_rejected = results.append, accepted.append, rejected.append
+    get = accounts.get
+    amount_max = amount_micros_max
     for row in rows:
         transfer_id, debit_id, credit_id, amount, currency = row[0], row[1], row[2], row[3], row[4]
-        status = ok
-        debit_account = accounts.get(debit_id)
-        credit_account = accounts.get(credit_id)
-        if debit_account is None:
-            status = TransferStatus.debit_account_not_found
-        elif credit_account is None:
-            status = TransferStatus.credit_account_not_found
-        elif debit_account[0] != credit_account[0]:
-            status = TransferStatus.accounts_must_have_the_same_currency
-        elif currency != debit_account[0]:
-            status = TransferStatus.transfer_must_have_the_same_currency_as_accounts
+        debit = get(debit_id)
+        credit = get(credit_id)
+        if debit is None:
+            status, value = _DEBIT_NOT_FOUND
+        elif credit is None:
+            status, value = _CREDIT_NOT_FOUND
+        elif debit[0] != credit[0]:
+            status, value = _CURRENCIES_DIFFER
+        elif currency != debit[0]:
+            status, value = _TRANSFER_CURRENCY_DIFFERS
         else:
-            d = counters[debit_id]
-            c = counters[credit_id]
-            room = amount_micros_max - amount
-            if d[1] > room:
-                status = TransferStatus.overflows_debits_posted
-            elif c[3] > room:
-                status = TransferStatus.overflows_credits_posted
-            elif d[0] + d[1] > room:
-                status = TransferStatus.overflows_debits
-            elif c[2] + c[3] > room:
-                status = TransferStatus.overflows_credits
-            elif debit_account[1] & _DMNEC and d[0] + d[1] - d[3] > debit_account[2] - amount:
-                status = TransferStatus.exceeds_credits
-            elif credit_account[1] & _CMNED and c[2] + c[3] - c[1] > credit_account[2] - amount:
-                status = TransferStatus.exceeds_debits
+            room = amount_max - amount
+            d_posted = debit[4] + debited_get(debit_id, 0)
+            c_posted = credit[6] + credited_get(credit_id, 0)
+            if d_posted > room:
+                status, value = _OVERFLOWS_DEBITS_POSTED
+            elif c_posted > room:
+                status, value = _OVERFLOWS_CREDITS_POSTED
+            elif debit[3] + d_posted > room:
+                status, value = _OVERFLOWS_DEBITS
+            elif credit[5] + c_posted > room:
+                status, value = _OVERFLOWS_CREDITS
+            elif (
+                debit[1] & _DMNEC
+                and debit[3] + d_posted - debit[6] - credited_get(debit_id, 0) > debit[2] - amount
+            ):
+                status, value = _EXCEEDS_CREDITS
+            elif (
+                credit[1] & _CMNED
+                and credit[5] + c_posted - credit[4] - debited_get(credit_id, 0)
+                > credit[2] - amount
+            ):
+                status, value = _EXCEEDS_DEBITS
             else:
-                d[1] += amount
-                c[3] += amount
+                debited[debit_id] = d_posted - debit[4] + amount
+                credited[credit_id] = c_posted - credit[6] + amount
                 add_accepted(row)
                 add_result(_new_result((transfer_id, ok, False)))
                 continue
         # Every status above is a state check: remembered against the id.
-        rejected.append((*row, _STATUS_VALUES[status]))
+        add_rejected((*row, value))
         add_result(_new_result((transfer_id, status, False)))
-    deltas: dict[int, CounterDelta] = {}
-    for account_id, values in counters.items():
-        state = accounts[account_id]
-        debited = values[1] - state[4]
-        credited = values[3] - state[6]
-        if debited or credited:
-            deltas[account_id] = CounterDelta(0, debited, 0, credited)
+    deltas = {
+        account_id: CounterDelta(0, debited_get(account_id, 0), 0, credited_get(account_id, 0))
+        for account_id in debited.keys() | credited.keys()
+    }
     return PlainOutcome(results, accepted, rejected, deltas)
+
+
+def _with_value(status: TransferStatus) -> tuple[TransferStatus, str]:
+    return status, status.value
+
+
+_DEBIT_NOT_FOUND = _with_value(TransferStatus.debit_account_not_found)
+_CREDIT_NOT_FOUND = _with_value(TransferStatus.credit_account_not_found)
+_CURRENCIES_DIFFER = _with_value(TransferStatus.accounts_must_have_the_same_currency)
+_TRANSFER_CURRENCY_DIFFERS = _with_value(
+    TransferStatus.transfer_must_have_the_same_currency_as_accounts
+)
+_OVERFLOWS_DEBITS_POSTED = _with_value(TransferStatus.overflows_debits_posted)
+_OVERFLOWS_CREDITS_POSTED = _with_value(TransferStatus.overflows_credits_posted)
+_OVERFLOWS_DEBITS = _with_value(TransferStatus.overflows_debits)
+_OVERFLOWS_CREDITS = _with_value(TransferStatus.overflows_credits)
+_EXCEEDS_CREDITS = _with_value(TransferStatus.exceeds_credits)
+_EXCEEDS_DEBITS = _with_value(TransferStatus.exceeds_debits)

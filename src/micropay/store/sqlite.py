@@ -45,6 +45,10 @@ WHERE id = ?1 AND currency = ?2
        - debits_posted_micros <= credit_limit_micros - ?4)
 """
 _IN_IDS = "IN (SELECT value FROM json_each(?))"
+_POSTED_DELTA = (
+    "UPDATE accounts SET debits_posted_micros = debits_posted_micros + ?,"
+    " credits_posted_micros = credits_posted_micros + ? WHERE id = ?"
+)
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -122,7 +126,14 @@ class SqliteWriteTx(_SqliteReads):
                 cur.executemany(sql.INSERT_PLAIN_REJECTION, outcome.rejected)
         except sqlite3.IntegrityError:
             return False  # an id is taken: the exact path replays or rejects it
-        self.apply_deltas(outcome.deltas)
+        # Plain transfers change posted counters only.
+        cur.executemany(
+            _POSTED_DELTA,
+            [
+                (d.debits_posted_micros, d.credits_posted_micros, account_id)
+                for account_id, d in outcome.deltas.items()
+            ],
+        )
         return True
 
 
