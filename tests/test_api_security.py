@@ -13,7 +13,7 @@ import pytest
 from conftest import FakeClock
 from micropay.api import keys as api_keys
 from micropay.api.admin import KeyAdminError, create_key
-from micropay.api.routes import _fingerprint
+from micropay.api.routes_common import fingerprint as _fingerprint
 from micropay.api.runtime import api_tx
 from micropay.api.schemas import CustomerCreate
 from micropay.service.reconcile import reconcile

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from typing import Annotated, Any, cast
 
@@ -14,8 +12,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from micropay.api import keys as api_keys
+from micropay.api import routes_common as common
 from micropay.api import schemas as s
 from micropay.api.errors import STATUS_HTTP, ApiError
+from micropay.api.routes_common import dump as _dump
+from micropay.api.routes_common import fingerprint as _fingerprint
+from micropay.api.routes_common import own_customer
+from micropay.api.routes_common import response as _response
 from micropay.api.runtime import Principal, Runtime, api_tx, page_limit_default, page_limit_max
 from micropay.core.money import format_amount
 from micropay.payments.models import Customer, FundingSource, Item, Merchant, PurchaseStatus
@@ -35,20 +38,6 @@ IdemKey = Annotated[
     Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
 ]
 Limit = Annotated[int, Query(ge=1, le=page_limit_max)]
-
-
-def _dump(model: BaseModel) -> bytes:
-    return model.model_dump_json().encode()
-
-
-def _response(status: int, body: bytes, replayed: bool = False) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
-def _fingerprint(path: str, body: BaseModel | None) -> str:
-    text = json.dumps([path, body.model_dump(mode="json") if body else None], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _shown(created: s.KeyCreated) -> s.KeyCreated:
@@ -172,21 +161,7 @@ def build_router(rt: Runtime) -> APIRouter:
         *,
         replay_body: Callable[[], bytes] | None = None,
     ) -> Response:
-        request_id = str(getattr(request.state, "request_id", ""))
-        fingerprint = _fingerprint(request.url.path, body)
-
-        def run() -> tuple[int, bytes, bytes]:
-            status, body = handler()
-            return status, body, replay_body() if replay_body else body
-
-        status, out, replayed = rt.idempotent(p, key, fingerprint, run, request_id)
-        return _response(status, out, replayed)
-
-    def own_customer(tx: Any, p: Principal, public_id: str) -> Customer:
-        customer = tx.find_customer(public_id)
-        if customer is None or api_tx(tx).api_customer_owner(customer.id) != p.merchant_id:
-            raise ApiError.from_status(PurchaseStatus.customer_not_found)
-        return cast(Customer, customer)
+        return common.idempotent(rt, p, key, request, body, handler, replay_body=replay_body)
 
     def own_purchase(tx: Any, p: Principal, purchase_id: str) -> PurchaseRecord:
         purchase = tx.get_purchase(int(purchase_id.removeprefix("pur_")))

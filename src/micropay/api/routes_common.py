@@ -8,6 +8,7 @@ every query starts with: another merchant's object answers 404.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -17,7 +18,6 @@ from pydantic import BaseModel
 
 from micropay.api import schemas as s
 from micropay.api.errors import ApiError
-from micropay.api.routes import _dump, _fingerprint, _response
 from micropay.api.runtime import Principal, Runtime, api_tx
 from micropay.payments.models import Customer, PurchaseStatus, idempotency_key_chars_max
 
@@ -26,14 +26,30 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code in (400, 401, 402, 403, 404, 409, 413, 422, 429)
 }
 int64_max = 2**63 - 1
-dump = _dump
-response = _response
+
+
+def dump(model: BaseModel) -> bytes:
+    """An answer's body: the response schema as JSON bytes (stored as is for replays)."""
+    return model.model_dump_json().encode()
+
+
+def response(status: int, body: bytes, replayed: bool = False) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def fingerprint(path: str, body: BaseModel | None) -> str:
+    """What an Idempotency-Key is bound to: the path and the parsed body."""
+    text = json.dumps([path, body.model_dump(mode="json") if body else None], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
 
 __all__ = [
     "ERRORS",
     "domain_key",
     "dump",
     "execute",
+    "fingerprint",
     "idempotent",
     "numeric_id",
     "own_customer",
@@ -58,14 +74,14 @@ def idempotent(
     secret once (a new webhook signing secret): the replay shows it as null.
     """
     request_id = str(getattr(request.state, "request_id", ""))
-    fingerprint = _fingerprint(request.url.path, body)
+    bound_to = fingerprint(request.url.path, body)
 
     def run() -> tuple[int, bytes, bytes]:
         status, out = handler()
         return status, out, replay_body() if replay_body else out
 
-    status, out, replayed = rt.idempotent(p, key, fingerprint, run, request_id)
-    return _response(status, out, replayed)
+    status, out, replayed = rt.idempotent(p, key, bound_to, run, request_id)
+    return response(status, out, replayed)
 
 
 def own_customer(tx: Any, p: Principal, public_id: str) -> Customer:
