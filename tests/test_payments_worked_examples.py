@@ -144,6 +144,12 @@ def test_declined_tab_enters_dunning_and_freezes(payments, processor, clock) -> 
     tab = account(payments, chart.tab_account(dave.id, "USD"))
     assert debit_balance_micros(tab) == usd("0.60")  # still owed, nothing lost
     balances_are_whole(payments, processor)
+    # A frozen tab waits for its charge, not for its period: it leaves the due set,
+    # so frozen tabs can never fill the period-end job's pages.
+    clock.advance(payments.tab_policy.period_s)
+    now = clock.now_us
+    due = payments.charges.tx(lambda tx: tx.customers_with_tab_period_ended(now, 100))
+    assert dave.id not in due
 
 
 def test_direct_purchase_shows_the_fee_and_the_guard_names_cheaper_models(
