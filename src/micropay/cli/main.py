@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -55,17 +55,29 @@ def reconcile(database_url: str, as_json: bool) -> None:
     store = _guard(lambda: open_store(database_url))
     try:
         report = _guard(lambda: run(store))
+        outbox = _guard(lambda: _outbox_problems(store))
     finally:
         store.close()
+    ok = report.ok and not outbox
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps({**report.to_json(), "ok": ok, "outbox": outbox}, indent=2))
     else:
         for check, count in report.counts().items():
             click.echo(f"{'ok  ' if count == 0 else 'FAIL'} {check}: {count} violation(s)")
         for violation in report.violations:
             click.echo(f"  - {violation.check}: {violation.detail}")
-        click.echo(f"{report.accounts} accounts checked: {'clean' if report.ok else 'VIOLATIONS'}")
-    sys.exit(0 if report.ok else 1)
+        label = "FAIL" if outbox else "ok  "
+        click.echo(f"{label} outbox_matches_changes: {len(outbox)} violation(s)")
+        for problem in outbox:
+            click.echo(f"  - outbox_matches_changes: {problem}")
+        click.echo(f"{report.accounts} accounts checked: {'clean' if ok else 'VIOLATIONS'}")
+    sys.exit(0 if ok else 1)
+
+
+def _outbox_problems(store: Any, limit: int = 100) -> list[str]:
+    """Invariant 9: the webhook outbox matches the committed changes (see WebhooksSql)."""
+    with store.read() as reader:
+        return list(reader.outbox_problems(limit))
 
 
 def _guard(operation: Callable[[], T]) -> T:

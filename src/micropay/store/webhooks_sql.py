@@ -207,6 +207,54 @@ class WebhooksSql:
         )
         return [_event(r) for r in self._cur.fetchall()]
 
+    # --- invariant 9 -------------------------------------------------------------
+
+    def outbox_problems(self, limit: int) -> list[str]:
+        """Events without their committed change, and changes without their event.
+
+        Every event must name an object that exists (a sale that succeeded, a
+        refund, a charge). Every successful sale of a merchant that has events
+        must have its own: the outbox writes it in the sale's transaction, and a
+        merchant's sales are all served with the outbox (the API) or none are
+        (a library user without webhooks).
+        """
+        problems: list[str] = []
+        objects = (
+            ("purchase.succeeded", "purchases", " AND o.status = 'ok'"),
+            ("refund.succeeded", "refunds", ""),
+            ("topup.succeeded", "charges", ""),
+            ("topup.declined", "charges", ""),
+            ("tab.settled", "charges", ""),
+            ("tab.frozen", "charges", ""),
+        )
+        for event_type, table, condition in objects:
+            self._cur.execute(
+                self._sql(
+                    "SELECT e.id, e.object_id FROM webhook_events e WHERE e.type = ? AND NOT"
+                    f" EXISTS (SELECT 1 FROM {table} o WHERE o.id = e.object_id{condition})"
+                    " ORDER BY e.id LIMIT ?"
+                ),
+                (event_type, limit),
+            )
+            problems += [
+                f"event {event_id} ({event_type}) names {table} row {object_id}, which is not there"
+                for event_id, object_id in self._cur.fetchall()
+            ]
+        # A merchant whose sales are served with the outbox has an event for each.
+        self._cur.execute(
+            self._sql(
+                "SELECT p.id FROM purchases p WHERE p.status = 'ok' AND p.merchant_id IN"
+                " (SELECT merchant_id FROM webhook_events) AND NOT EXISTS (SELECT 1 FROM"
+                " webhook_events e WHERE e.type = ? AND e.object_id = p.id) ORDER BY p.id LIMIT ?"
+            ),
+            ("purchase.succeeded", limit),
+        )
+        problems += [
+            f"purchases row {purchase_id} has no purchase.succeeded event"
+            for (purchase_id,) in self._cur.fetchall()
+        ]
+        return problems
+
     # --- deliveries -------------------------------------------------------------
 
     def insert_webhook_delivery(self, event_id: str, endpoint_id: int, now_us: int) -> bool:
