@@ -9,10 +9,9 @@ plus, for what tabs still owe, the fee of the charge that will collect it.
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,24 +20,22 @@ from micropay.core.accounts import available_micros
 from micropay.core.transfers import TransferFlags
 from micropay.fees.schedules import FeeSchedule
 from micropay.payments import chart
-from micropay.payments.models import Customer, PurchaseStatus, TabPolicy, TabState
+from micropay.payments.models import PurchaseStatus, TabPolicy
 from micropay.payments.processor import PayoutRequest, PayoutResult
 from micropay.payments.records import ChargeStatus
 from micropay.payouts.plans import PayoutCode
 from micropay.processors.simulated import SimulatedProcessor
 from micropay.service.payments import Payments
 from micropay.service.payouts import Payouts, reconcile_payouts
-from micropay.service.ports import PaymentsWriteTx
 from micropay.service.processor_reconcile import reconcile_processor
 from micropay.service.reconcile import reconcile
 from micropay.settlement.planner import Plan, charge_fee_micros
 from micropay.simulate.adapter import enable_auto_reload
-from micropay.simulate.news import CURRENCY, DAY_S, START_US, SimClock
+from micropay.simulate.basics import CURRENCY, DAY_S, KINDS, START_US, SimClock, no_tab
 from micropay.store import open_store
 from micropay.store.migrate import upgrade
 from micropay.store.payouts_sql import bind_payouts_sql
 
-KINDS = ("tab", "wallet", "direct")
 SECOND_US = 1_000_000
 
 
@@ -97,24 +94,6 @@ def new_run(
     return Run(name, chosen, payments, processor, clock, payouts)
 
 
-def poisson(rng: random.Random, lam: float) -> int:
-    threshold, k, product = math.exp(-lam), 0, rng.random()
-    while product > threshold and k < 1_000:
-        k += 1
-        product *= rng.random()
-    return k
-
-
-def kind_of(index: int, share_tab: float, share_wallet: float) -> str:
-    """Customer ``index``'s preference, spread evenly (deterministic shares)."""
-    slot = (index * 0.6180339887498949) % 1.0
-    if slot < share_tab:
-        return "tab"
-    if slot < share_tab + share_wallet:
-        return "wallet"
-    return "direct"
-
-
 def zipf_weights(n: int, exponent: float) -> list[float]:
     """Cumulative weights of a popularity curve: the first is the most popular."""
     total, cum = 0.0, []
@@ -122,12 +101,6 @@ def zipf_weights(n: int, exponent: float) -> list[float]:
         total += 1.0 / (rank + 1) ** exponent
         cum.append(total)
     return cum
-
-
-def _no_tab(tx: PaymentsWriteTx, customer: Customer) -> None:
-    """A pay-per-item customer has no tab: its credit line is 0."""
-    tx.set_credit_limit(chart.tab_account(customer.id, customer.currency), 0)
-    tx.update_customer_tab(customer.id, 0, TabState.open, customer.tab_opened_at_us)
 
 
 def add_customers(run: Run, kinds: Sequence[str], *, reload_plans: Sequence[Plan] = ()) -> None:
@@ -138,7 +111,7 @@ def add_customers(run: Run, kinds: Sequence[str], *, reload_plans: Sequence[Plan
             CURRENCY,
             processor_customer_token=f"cus_{i}",
             payment_method_token=f"pm_{i}",
-            also=_no_tab if kind == "direct" else None,
+            also=no_tab if kind == "direct" else None,
         )
         run.customer_ids.append(customer.id)
         run.kind_of[customer.id] = kind
@@ -173,21 +146,6 @@ def pay_out(run: Run) -> None:
     while run.payouts.release_due():
         pass
     run.payouts.run_payouts()
-
-
-def max_tab_exposure(run: Run, customer_ids: Iterable[int]) -> int:
-    """The most any customer owed on a tab at any moment, replayed from the ledger."""
-    tabs = {chart.tab_account(cid, CURRENCY) for cid in customer_ids}
-    owed: dict[int, int] = defaultdict(int)
-    worst = 0
-    with run.payments.store.read() as reader:
-        for t in reader.iter_transfers():
-            if t.debit_account_id in tabs:
-                owed[t.debit_account_id] += t.amount_micros
-                worst = max(worst, owed[t.debit_account_id])
-            if t.credit_account_id in tabs:
-                owed[t.credit_account_id] -= t.amount_micros
-    return worst
 
 
 def payout_records(run: Run) -> list[Any]:

@@ -44,17 +44,14 @@ from micropay.simulate._common import (
     add_customers,
     buy,
     full_report,
-    kind_of,
-    max_tab_exposure,
     new_run,
     pay_out,
     payout_records,
-    poisson,
     summary,
     zipf_weights,
 )
 from micropay.simulate.adapter import tab_policy_for
-from micropay.simulate.news import CURRENCY, DAY_S, START_US
+from micropay.simulate.basics import CURRENCY, DAY_S, START_US, kind_of, max_tab_exposure, poisson
 
 MICROS = 1_000_000
 CENT = 10_000
@@ -279,7 +276,7 @@ def run_creator(cfg: CreatorConfig, directory: Path | None = None) -> dict[str, 
                 run.payments.charges.close_tab_periods()
                 report = full_report(run, cfg.schedules, run.plan.tab_limit_micros)
                 tab_customers = [c for c, k in run.kind_of.items() if k == "tab"]
-                report["max_exposure_micros"] = max_tab_exposure(run, tab_customers)
+                report["max_exposure_micros"] = max_tab_exposure(run.payments.store, tab_customers)
                 report["per_item_fee_micros"] = per_tip_fee[run.name]
                 report["tips"] = run.purchases
                 report.update(_payout_checks(run, cfg, books[run.name]))

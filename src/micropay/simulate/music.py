@@ -38,18 +38,15 @@ from micropay.simulate._common import (
     add_customers,
     buy,
     full_report,
-    kind_of,
-    max_tab_exposure,
     new_run,
     pay_out,
-    poisson,
     sale_share_legs,
     summary,
     verify_payee,
     zipf_weights,
 )
 from micropay.simulate.adapter import tab_policy_for
-from micropay.simulate.news import CURRENCY, DAY_S
+from micropay.simulate.basics import CURRENCY, DAY_S, kind_of, max_tab_exposure, poisson
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +186,7 @@ def run_music(cfg: MusicConfig, directory: Path | None = None) -> dict[str, Any]
                 run.payments.charges.close_tab_periods()
                 report = full_report(run, cfg.schedules, run.plan.tab_limit_micros)
                 tab_customers = [c for c, k in run.kind_of.items() if k == "tab"]
-                report["max_exposure_micros"] = max_tab_exposure(run, tab_customers)
+                report["max_exposure_micros"] = max_tab_exposure(run.payments.store, tab_customers)
                 report["per_item_fee_micros"] = sum(
                     fee_of[price] * n for price, n in sold[run.name].items()
                 )

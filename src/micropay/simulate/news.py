@@ -39,7 +39,7 @@ from typing import Any
 from micropay.core.accounts import available_micros
 from micropay.fees.schedules import CARD_MICRO_USD, CARD_STANDARD_USD, FeeSchedule
 from micropay.payments import chart
-from micropay.payments.models import Customer, FundingSource, PurchaseStatus, TabState
+from micropay.payments.models import FundingSource, PurchaseStatus, TabState
 from micropay.payments.records import ChargeStatus
 from micropay.processors.simulated import SimulatedProcessor
 from micropay.service.payments import Payments, Receipt
@@ -55,11 +55,20 @@ from micropay.settlement.planner import (
     plan,
 )
 from micropay.simulate.adapter import enable_auto_reload, tab_policy_for
+from micropay.simulate.basics import (
+    CURRENCY,
+    DAY_S,
+    KINDS,
+    START_US,
+    SimClock,
+    kind_of,
+    max_tab_exposure,
+    no_tab,
+    poisson,
+)
 from micropay.store import open_store
 from micropay.store.migrate import upgrade
 
-DAY_S = 86_400
-KINDS = ("tab", "wallet", "direct")
 GUARD_KEYS = (
     "attempts",  # pay-per-item readers' purchases of articles they did not own yet
     "direct_purchases",  # ... paid by a direct card charge the guard allowed
@@ -69,18 +78,6 @@ GUARD_KEYS = (
     "lost_sales",  # refused purchases left unbought
     "lost_micros",
 )
-CURRENCY = "USD"
-START_US = 1_767_225_600_000_000  # 2026-01-01 00:00 UTC
-
-
-class SimClock:
-    """A clock the simulation moves by hand (microseconds)."""
-
-    def __init__(self, start_us: int = START_US) -> None:
-        self.now_us = start_us
-
-    def __call__(self) -> int:
-        return self.now_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,30 +146,6 @@ def _price(rng: random.Random, lo: int, hi: int) -> int:
     return max(lo, min(hi, round(micros / 10_000) * 10_000))
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
-    threshold, k, product = math.exp(-lam), 0, rng.random()
-    while product > threshold and k < 1_000:
-        k += 1
-        product *= rng.random()
-    return k
-
-
-def _kind_of(index: int, cfg: NewsConfig) -> str:
-    """Reader ``index``'s preference, spread evenly (deterministic shares)."""
-    slot = (index * 0.6180339887498949) % 1.0
-    if slot < cfg.share_tab:
-        return "tab"
-    if slot < cfg.share_tab + cfg.share_wallet:
-        return "wallet"
-    return "direct"
-
-
-def _no_tab(tx: PaymentsWriteTx, customer: Customer) -> None:
-    """A pay-per-item reader has no tab: its credit line is 0."""
-    tx.set_credit_limit(chart.tab_account(customer.id, customer.currency), 0)
-    tx.update_customer_tab(customer.id, 0, TabState.open, customer.tab_opened_at_us)
-
-
 def _setup(run: _Run, cfg: NewsConfig, kinds: list[str], prices: list[list[int]]) -> None:
     p = run.payments
     for m in range(cfg.publishers):
@@ -190,7 +163,7 @@ def _setup(run: _Run, cfg: NewsConfig, kinds: list[str], prices: list[list[int]]
             CURRENCY,
             processor_customer_token=f"cus_{i}",
             payment_method_token=f"pm_{i}",
-            also=_no_tab if kind == "direct" else None,
+            also=no_tab if kind == "direct" else None,
         )
         run.customer_ids.append(customer.id)
         if kind == "wallet":
@@ -212,7 +185,7 @@ def _new_run(name: str, chosen: Plan, cfg: NewsConfig, directory: Path) -> _Run:
 
 
 def _open_tab(run: _Run, reader: int) -> None:
-    """The reader accepts the proposed tab: the run's first tab limit (undoes ``_no_tab``)."""
+    """The reader accepts the proposed tab: the run's first tab limit (undoes ``no_tab``)."""
     customer_id = run.customer_ids[reader]
     limit = run.payments.tab_policy.first_limit_micros
 
@@ -266,21 +239,6 @@ def _buy(
             run.guard[f"{source}_purchases"] += 1
     else:
         run.refused[receipt.status.value] += 1
-
-
-def _max_exposure(run: _Run, tab_readers: set[int]) -> int:
-    """The most any customer owed on a tab at any moment, replayed from the ledger."""
-    tabs = {chart.tab_account(run.customer_ids[i], CURRENCY) for i in tab_readers}
-    owed: dict[int, int] = defaultdict(int)
-    worst = 0
-    with run.payments.store.read() as reader:
-        for t in reader.iter_transfers():
-            if t.debit_account_id in tabs:
-                owed[t.debit_account_id] += t.amount_micros
-                worst = max(worst, owed[t.debit_account_id])
-            if t.credit_account_id in tabs:
-                owed[t.credit_account_id] -= t.amount_micros
-    return worst
 
 
 def _report(run: _Run, cfg: NewsConfig, kinds: list[str], per_item_fee: int) -> dict[str, Any]:
@@ -344,7 +302,9 @@ def _report(run: _Run, cfg: NewsConfig, kinds: list[str], per_item_fee: int) -> 
         "card_charges": sum(count.values()),
         "unspent_wallet_micros": unspent_total,
         "tabs_owed_micros": owed_total,
-        "max_exposure_micros": _max_exposure(run, tab_readers),
+        "max_exposure_micros": max_tab_exposure(
+            run.payments.store, [run.customer_ids[i] for i in tab_readers]
+        ),
         "tab_limit_micros": run.plan.tab_limit_micros,
         "tab_carry": run.plan.tab_carry,
         "topup_micros": run.plan.topup_micros,
@@ -373,7 +333,7 @@ def run_news(cfg: NewsConfig, directory: Path | None = None) -> dict[str, Any]:
     if not 0.0 <= cfg.convert_share <= 1.0:
         raise ValueError("convert_share must be between 0 and 1")
     rng = random.Random(cfg.seed)
-    kinds = [_kind_of(i, cfg) for i in range(cfg.customers)]
+    kinds = [kind_of(i, cfg.share_tab, cfg.share_wallet) for i in range(cfg.customers)]
     # Each reader's answer to the fee guard's proposal: drawn once, apart from
     # the stream of reads, so both runs (and any share) see the same reads.
     answers = random.Random(f"news-fee-guard-{cfg.seed}")
@@ -395,7 +355,7 @@ def run_news(cfg: NewsConfig, directory: Path | None = None) -> dict[str, Any]:
             per_item_fee = 0
             for day in range(cfg.days):
                 for reader in range(cfg.customers):
-                    for n in range(_poisson(rng, cfg.reads_per_day)):
+                    for n in range(poisson(rng, cfg.reads_per_day)):
                         merchant = rng.randrange(cfg.publishers)
                         article = rng.randrange(cfg.articles_per_publisher)
                         key = f"d{day}-r{reader}-{n}"

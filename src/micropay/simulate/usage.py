@@ -55,7 +55,7 @@ from micropay.simulate._common import (
     new_run,
     summary,
 )
-from micropay.simulate.news import CURRENCY
+from micropay.simulate.basics import CURRENCY
 
 HOUR_S = 3_600
 METER = "calls"
