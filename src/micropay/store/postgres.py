@@ -168,8 +168,7 @@ class PgWriteTx(_PgReads):
             cur.execute(_GUARDED_NETTED_UPDATE, (ids, currencies, debits, credit_sums))
             if cur.rowcount != len(guards):
                 return False
-            at = plan.created_at_us
-            self._copy(COPY_TRANSFERS, [sql.single_transfer_row(t, at) for t in plan.transfers])
+            self._copy(COPY_TRANSFERS, [sql.plain_row(row) for row in plan.rows])
         except (errors.UniqueViolation, errors.CheckViolation):
             return False  # an id is taken: the exact path replays or rejects it
         return True

@@ -176,26 +176,6 @@ def transfer_row(t: StoredTransfer) -> tuple[object, ...]:
     )
 
 
-def single_transfer_row(t: Transfer, created_at_us: int) -> tuple[object, ...]:
-    """The row of a plain single transfer from its request (the netted fast path)."""
-    return (
-        t.id,
-        t.debit_account_id,
-        t.credit_account_id,
-        t.amount_micros,
-        t.currency,
-        int(t.code),
-        int(t.flags),
-        None,
-        0,
-        None,
-        t.reference,
-        t.metadata,
-        created_at_us,
-        None,
-    )
-
-
 def plain_row(row: Sequence[object]) -> tuple[object, ...]:
     """A netted plan's row (``NETTED_ROW_FIELDS``, then an optional status) in column order."""
     status = row[10] if len(row) > 10 else None
