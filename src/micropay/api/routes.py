@@ -404,15 +404,21 @@ def build_router(rt: Runtime) -> APIRouter:
         return idempotent(p, key, request, body, run)
 
     @v1.post("/purchases", status_code=201, response_model=s.PurchaseOut, tags=["purchases"])
-    def purchase(body: s.PurchaseCreate, p: Secret, request: Request, key: IdemKey) -> Response:
+    async def purchase(
+        body: s.PurchaseCreate, p: Secret, request: Request, key: IdemKey
+    ) -> Response:
         def answer(receipt: Receipt) -> tuple[int, bytes]:
             http, _ = STATUS_HTTP[receipt.status]
             if http >= 400:
                 raise ApiError.from_status(receipt.status, receipt.message)
             return http, _dump(_receipt_out(receipt, body.customer, body.item))
 
+        def _after_purchase(customer_id: int, receipt: Receipt) -> None:
+            rt.payments().after_purchase(customer_id, receipt)
+
         # Paid from the wallet, the tab or store credit: the key's row, the
-        # purchase and the stored answer commit together, in one transaction.
+        # purchase and the stored answer commit together, in one transaction,
+        # shared with the purchases queued at the same time (group commit).
         done: list[tuple[Customer, Receipt]] = []
 
         def in_one_tx(tx: Any) -> tuple[int, bytes] | None:
@@ -433,13 +439,14 @@ def build_router(rt: Runtime) -> APIRouter:
             return answer(receipt)
 
         request_id = str(getattr(request.state, "request_id", ""))
-        fast = rt.idempotent_in_one_tx(
+        fast = await rt.idempotent_batched(
             p, key, _fingerprint(request.url.path, body), in_one_tx, request_id
         )
         if fast is not None:
             for customer, receipt in done:
                 if customer.auto_reload_amount_micros:  # as read in the purchase's transaction
-                    rt.payments().after_purchase(customer.id, receipt)
+                    # A processor call, on a worker thread (with that thread's store).
+                    await run_in_threadpool(_after_purchase, customer.id, receipt)
             return _response(*fast)
 
         # A card charge, a tab settlement or an auto-reload: the processor is
@@ -457,7 +464,7 @@ def build_router(rt: Runtime) -> APIRouter:
                 )
             )
 
-        return idempotent(p, key, request, body, run)
+        return await run_in_threadpool(idempotent, p, key, request, body, run)
 
     def purchase_view(tx: Any, p: Principal, purchase: PurchaseRecord) -> s.PurchaseOut:
         customer = tx.get_customer(purchase.customer_id)

@@ -86,10 +86,10 @@ def idempotent(
 
 def own_customer(tx: Any, p: Principal, public_id: str) -> Customer:
     """The key's merchant's customer, else 404 ``customer_not_found``."""
-    customer = tx.find_customer(public_id)
-    if customer is None or api_tx(tx).api_customer_owner(customer.id) != p.merchant_id:
+    found = tx.find_api_customer(public_id)
+    if found is None or found[1] != p.merchant_id:
         raise ApiError.from_status(PurchaseStatus.customer_not_found)
-    return cast(Customer, customer)
+    return cast(Customer, found[0])
 
 
 def query(tx: Any, statement: str, params: Sequence[object]) -> list[Any]:
@@ -101,6 +101,7 @@ def execute(tx: Any, statement: str, params: Sequence[object]) -> None:
     """Run one SQL statement that returns no rows (``?`` placeholders) in ``tx``."""
     sql = api_tx(tx)
     sql._cur.execute(sql._sql(statement), params)
+    tx.forget_rows()  # it may have changed rows the transaction remembers
 
 
 def domain_key(key: str) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from micropay.api import keys as api_keys
+from micropay.api.batcher import WriteBatcher
 from micropay.api.errors import ApiError, envelope
 from micropay.payments.tokens import EntitlementSigner
 from micropay.processors.simulated import SimulatedProcessor
@@ -128,6 +129,11 @@ class Runtime:
         self._generation = 0  # bumped by close(): threads then open fresh connections
         # sha256(Authorization header) -> (valid until, monotonic s; principal)
         self._auth_cache: dict[bytes, tuple[float, Principal]] = {}
+        self.batcher = self._new_batcher()
+
+    def _new_batcher(self) -> WriteBatcher:
+        # A request raises these before writing anything (see _in_one_tx).
+        return WriteBatcher(self.write, clean=(ApiError, _NeedsGeneralPath))
 
     def payments(self) -> Payments:
         found = getattr(self._local, "payments", None)
@@ -159,6 +165,8 @@ class Runtime:
             return operation(tx)
 
     def close(self) -> None:
+        self.batcher.close()
+        self.batcher = self._new_batcher()  # a runtime used again starts a new writer
         with self._lock:
             opened, self._opened = self._opened, []
             self._generation += 1
@@ -285,33 +293,75 @@ class Runtime:
     ) -> tuple[int, bytes, bool] | None:
         """``idempotent`` for a request that can complete inside one write transaction.
 
-        The key's row is started, ``handler(tx)`` runs and the answer is stored,
+        The key's row is checked, ``handler(tx)`` runs and the answer is stored,
         all in one transaction: one commit instead of three. ``handler``
         returns ``None`` when the request needs work outside a transaction (a
-        processor call); then nothing is committed and this returns ``None``:
-        the caller takes :meth:`idempotent`. An ``ApiError`` from ``handler`` is
-        the answer, stored like any other.
+        processor call); then it must have written nothing, nothing is
+        committed and this returns ``None``: the caller takes
+        :meth:`idempotent`. An ``ApiError`` from ``handler`` is the answer,
+        stored like any other.
         """
+        try:
+            return self.write(self._in_one_tx(principal, key, fingerprint, handler, request_id))
+        except _NeedsGeneralPath:
+            return None
+
+    async def idempotent_batched(
+        self,
+        principal: Principal,
+        key: str,
+        fingerprint: str,
+        handler: Callable[[Any], tuple[int, bytes] | None],
+        request_id: str,
+    ) -> tuple[int, bytes, bool] | None:
+        """:meth:`idempotent_in_one_tx` through the group commit, awaited on the event loop.
+
+        ``handler`` may run more than once (a retried batch) and, when it
+        returns ``None`` or raises ``ApiError``, must have written nothing
+        before deciding so (see :mod:`micropay.api.batcher`).
+        """
+        try:
+            return await self.batcher.run(
+                self._in_one_tx(principal, key, fingerprint, handler, request_id)
+            )
+        except _NeedsGeneralPath:
+            return None
+
+    def _in_one_tx(
+        self,
+        principal: Principal,
+        key: str,
+        fingerprint: str,
+        handler: Callable[[Any], tuple[int, bytes] | None],
+        request_id: str,
+    ) -> Callable[[Any], tuple[int, bytes, bool]]:
         owner = principal.owner
 
         def run(tx: Any) -> tuple[int, bytes, bool]:
             now_us = self.config.clock()
-            prior = _start_idempotency(tx, owner, key, fingerprint, now_us)
-            if prior is not None:
-                return prior[0], prior[1], True
+            sql = api_tx(tx)
+            row = sql.get_idempotency(owner, key)
+            if row is not None:
+                # Taken: the stored answer, a 409, or a stale row to take over,
+                # exactly as the general path decides.
+                prior = _start_idempotency(tx, owner, key, fingerprint, now_us)
+                if prior is not None:
+                    return prior[0], prior[1], True
+                sql.abandon_idempotency(owner, key)  # taken over: stored again below
             try:
                 answer = handler(tx)
             except ApiError as error:
                 answer = error.status, envelope(error.code, error.message, request_id)
             if answer is None:
                 raise _NeedsGeneralPath
-            api_tx(tx).finish_idempotency(owner, key, answer[0], answer[1])
+            # The row is written with its answer: nobody sees this key before
+            # the transaction commits, so an in-progress row would be invisible
+            # anyway. A concurrent request with the same key waits on the
+            # unique index, fails after this commits, and its retry replays.
+            sql.insert_idempotency_done(owner, key, fingerprint, answer[0], answer[1], now_us)
             return answer[0], answer[1], False
 
-        try:
-            return self.write(run)
-        except _NeedsGeneralPath:
-            return None
+        return run
 
 
 class _NeedsGeneralPath(Exception):

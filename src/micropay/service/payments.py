@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from micropay.core.accounts import NewAccount, available_micros, open_account
 from micropay.core.currencies import is_currency
+from micropay.core.engine import LedgerView, apply_batch
 from micropay.core.money import Rounding, to_minor_units
 from micropay.core.statuses import AccountStatus
 from micropay.fees.schedules import CARD_MICRO_USD, CARD_STANDARD_USD, FeeSchedule
@@ -50,7 +51,7 @@ from micropay.payments.records import (
 from micropay.payments.tokens import EntitlementClaims, EntitlementSigner, forever_s
 from micropay.service.charges import ChargeEngine, request_hash
 from micropay.service.ids import IdGenerator
-from micropay.service.ledger import Clock, Ledger, apply_in_transaction, system_clock_us
+from micropay.service.ledger import Clock, Ledger, system_clock_us
 from micropay.service.ports import PaymentsStore, PaymentsWriteTx, Processor
 from micropay.service.refunds import RefundService
 
@@ -146,6 +147,10 @@ class Payments:
         # Called with (tx, purchase id) in the transaction that makes a purchase
         # paid: revenue splits (payouts) attach here.
         self.sale_hooks: list[Callable[[PaymentsWriteTx, int], object]] = []
+        # Merchants as committed: a merchant row is never updated or deleted
+        # (its funding policy and fee guard are fixed at creation), so a
+        # merchant read once needs no second read in later purchases.
+        self._merchants: dict[int, Merchant] = {}
         self.refunds = RefundService(self.charges)
         self.signer = signer or EntitlementSigner.generate()
         self.topup_min_micros = topup_min_micros
@@ -461,7 +466,7 @@ class Payments:
         )
         if isinstance(request, Receipt):
             return request
-        outcome = self._purchase_in(tx, request, retried=False)
+        outcome = self._purchase_in(tx, request, retried=False, start_direct=False)
         return outcome if isinstance(outcome, Receipt) else None
 
     def after_purchase(self, customer_id: int, receipt: Receipt) -> None:
@@ -470,29 +475,53 @@ class Payments:
             self._reload_below_threshold(customer_id, f"auto:after:{receipt.purchase_id}")
 
     def _purchase_in(
-        self, tx: PaymentsWriteTx, request: _PurchaseRequest, *, retried: bool
+        self,
+        tx: PaymentsWriteTx,
+        request: _PurchaseRequest,
+        *,
+        retried: bool,
+        start_direct: bool = True,
     ) -> Receipt | SourceChoice:
+        """The purchase's writes in ``tx``: a receipt, or what must happen outside it.
+
+        ``start_direct`` False: a purchase that needs a direct charge returns
+        the choice with nothing written (the caller takes the general path).
+        """
         now_us = self.clock()
         merchant_id, customer_id = request.merchant_id, request.customer_id
         item_ref, key, fingerprint = request.item_ref, request.idempotency_key, request.fingerprint
         shown_price, shown_currency = request.shown_price, request.shown_currency
-        merchant = tx.get_merchant(merchant_id)
+        merchant = self._merchants.get(merchant_id)
+        if merchant is not None:
+            tx.remember_merchant(merchant)  # the sale hooks read it too
+        else:
+            merchant = tx.get_merchant(merchant_id)
         if merchant is None:
             return Receipt(PurchaseStatus.merchant_not_found)
-        existing = tx.find_purchase(merchant_id, key)
-        if existing is not None:
-            if existing.request_hash != fingerprint:
-                return Receipt(
-                    PurchaseStatus.idempotency_key_reused,
-                    message="this key was used for a different purchase",
-                )
-            return self._receipt(tx, existing, replayed=True)
+        if len(self._merchants) >= merchants_cached_max:
+            self._merchants.clear()
+        self._merchants[merchant_id] = merchant
         customer = tx.get_customer(customer_id)
-        if customer is None:
-            return Receipt(PurchaseStatus.customer_not_found)
         item = tx.get_item(merchant_id, item_ref) if isinstance(item_ref, str) else None
-        if item is None:
-            return Receipt(PurchaseStatus.item_not_found)
+        if customer is None or item is None:
+            existing = tx.find_purchase(merchant_id, key)
+            if existing is not None:
+                return self._replay(tx, existing, fingerprint)
+            status = PurchaseStatus.customer_not_found if customer is None else None
+            return Receipt(status or PurchaseStatus.item_not_found)
+        # Lock first, then read what concurrent purchases of this customer may
+        # have written: under READ COMMITTED every read below sees whatever a
+        # competing transaction committed before this one got the locks.
+        wallet_id = chart.wallet_account(customer_id, item.currency)
+        tab_id = chart.tab_account(customer_id, item.currency)
+        credit_id = _store_credit_id(customer_id, merchant_id, item.currency)
+        payable_id = chart.payable_account(merchant_id, item.currency)
+        accounts = tx.lock_accounts(
+            [wallet_id, tab_id, payable_id, *([credit_id] if credit_id else [])]
+        )
+        existing, waiting = tx.purchase_lookups(merchant_id, key, customer_id, item_ref)
+        if existing is not None:
+            return self._replay(tx, existing, fingerprint)
         if shown_currency is not None and shown_currency != item.currency:
             return Receipt(
                 PurchaseStatus.currency_not_sold, message=f"this merchant sells in {item.currency}"
@@ -510,18 +539,12 @@ class Payments:
             if first is not None:
                 receipt = self._receipt(tx, first, replayed=True)
                 return replace(receipt, status=PurchaseStatus.already_entitled)
-        wallet_id = chart.wallet_account(customer_id, item.currency)
-        tab_id = chart.tab_account(customer_id, item.currency)
-        credit_id = _store_credit_id(customer_id, merchant_id, item.currency)
-        accounts = tx.lock_accounts([wallet_id, tab_id, *([credit_id] if credit_id else [])])
         store_credit = accounts.get(credit_id) if credit_id else None
         # A direct charge for this item already waits for the processor: that is
         # this purchase (a second key must not start a second charge). Only a
         # merchant that takes direct charges (fixed at creation) can have one.
-        if FundingSource.direct in merchant.funding_policy:
-            waiting = tx.pending_purchase(merchant_id, customer_id, item_ref)
-            if waiting is not None:
-                return self._receipt(tx, waiting, replayed=True)
+        if waiting is not None and FundingSource.direct in merchant.funding_policy:
+            return self._receipt(tx, waiting, replayed=True)
         guard = None
         if FundingSource.direct in merchant.funding_policy:
             schedule = self.charges.schedule_for(item.price_micros, item.currency)
@@ -574,7 +597,18 @@ class Payments:
                 item.currency,
                 reference=f"purchase:{purchase_id}",
             )
-            [result] = apply_in_transaction(tx, [transfer], now_us)
+            # The accounts are locked and the transfer's id is new (a taken id
+            # fails the insert, and the retried transaction draws another): the
+            # engine needs nothing more read.
+            view = LedgerView(accounts, {}, {}, {})
+            outcome = apply_batch([transfer], view, now_us)
+            [result] = outcome.results
+            if outcome.transfers:
+                tx.insert_transfers(outcome.transfers)
+            if outcome.rejections:
+                tx.insert_rejections(outcome.rejections)
+            if outcome.deltas:
+                tx.apply_deltas(outcome.deltas)
             if not result.ok:
                 return Receipt(PurchaseStatus.insufficient_funds, message=result.status.value)
             record = PurchaseRecord(
@@ -595,9 +629,11 @@ class Payments:
             )
             tx.insert_purchase(record)
             self._run_sale_hooks(tx, record.id)
-            self._grant(tx, record, item.access_period_s, now_us)
-            return self._receipt(tx, record)
+            granted = self._grant(tx, record, item.access_period_s, now_us)
+            return self._receipt(tx, record, granted=granted)
         if choice.source is FundingSource.direct:
+            if not start_direct:
+                return choice
             purchase_id = self.new_id()
             charge = self.charges.new_charge(
                 customer,
@@ -649,19 +685,21 @@ class Payments:
 
         return self.charges.tx(read)
 
-    def _grant(self, tx: PaymentsWriteTx, p: PurchaseRecord, period_s: int, now_us: int) -> None:
-        tx.insert_entitlement(
-            EntitlementRecord(
-                self.new_id(),
-                p.merchant_id,
-                p.customer_id,
-                p.item_ref,
-                p.id,
-                now_us,
-                now_us + period_s * 1_000_000 if period_s else 0,
-                False,
-            )
+    def _grant(
+        self, tx: PaymentsWriteTx, p: PurchaseRecord, period_s: int, now_us: int
+    ) -> EntitlementRecord:
+        granted = EntitlementRecord(
+            self.new_id(),
+            p.merchant_id,
+            p.customer_id,
+            p.item_ref,
+            p.id,
+            now_us,
+            now_us + period_s * 1_000_000 if period_s else 0,
+            False,
         )
+        tx.insert_entitlement(granted)
+        return granted
 
     def _grant_after_direct_charge(
         self, tx: PaymentsWriteTx, purchase_id: int, now_us: int
@@ -677,10 +715,26 @@ class Payments:
         for hook in self.sale_hooks:
             hook(tx, purchase_id)
 
+    def _replay(self, tx: PaymentsWriteTx, existing: PurchaseRecord, fingerprint: str) -> Receipt:
+        if existing.request_hash != fingerprint:
+            return Receipt(
+                PurchaseStatus.idempotency_key_reused,
+                message="this key was used for a different purchase",
+            )
+        return self._receipt(tx, existing, replayed=True)
+
     def _receipt(
-        self, tx: PaymentsWriteTx, p: PurchaseRecord, *, replayed: bool = False
+        self,
+        tx: PaymentsWriteTx,
+        p: PurchaseRecord,
+        *,
+        replayed: bool = False,
+        granted: EntitlementRecord | None = None,
     ) -> Receipt:
-        entitlement = tx.active_entitlement(p.merchant_id, p.customer_id, p.item_ref, self.clock())
+        """The receipt of ``p``; ``granted``: the entitlement this transaction just gave it."""
+        entitlement = granted or tx.active_entitlement(
+            p.merchant_id, p.customer_id, p.item_ref, self.clock()
+        )
         fee = 0
         if p.charge_id:
             charge = tx.get_charge(p.charge_id)
@@ -742,6 +796,9 @@ class Payments:
         fresh = [open_account(r, self.clock()) for r in requests if r.id not in existing]
         if fresh:
             tx.insert_accounts(fresh)
+
+
+merchants_cached_max = 10_000
 
 
 def _store_credit_id(customer_id: int, merchant_id: int, currency: str) -> int:

@@ -168,6 +168,18 @@ class ApiSql:
             (owner, key, fingerprint, b"", now_us),
         )
 
+    def insert_idempotency_done(
+        self, owner: str, key: str, fingerprint: str, status_code: int, body: bytes, now_us: int
+    ) -> None:
+        """Store a finished answer at once (a request that ran inside one transaction)."""
+        self._cur.execute(
+            self._sql(
+                "INSERT INTO api_idempotency (owner, idempotency_key, fingerprint, state,"
+                " status_code, body, created_at_us) VALUES (?,?,?,'done',?,?,?)"
+            ),
+            (owner, key, fingerprint, status_code, body, now_us),
+        )
+
     def restart_idempotency(
         self, owner: str, key: str, fingerprint: str, stale_before_us: int, now_us: int
     ) -> bool:

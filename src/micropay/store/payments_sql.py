@@ -7,7 +7,7 @@ A mixin over the adapters' transaction classes: it uses their cursor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from micropay.payments.models import (
     Customer,
@@ -120,12 +120,42 @@ def _refund(r: Sequence[Any]) -> RefundRecord:
 class PaymentsSql(
     GiftCardsSql, BillingSql, ProcessorEventsSql, ApiSql, JobsSql, PayoutsSql, WebhooksSql
 ):
-    """Payment-model queries; mixed into each adapter's read and write transaction classes."""
+    """Payment-model queries; mixed into each adapter's read and write transaction classes.
+
+    Within one transaction, merchants, customers and purchases already read
+    (or inserted) are remembered: a purchase's hooks (the outbox, metrics,
+    revenue splits) read the same rows again and get them without a round
+    trip. Every statement here that changes one of these tables forgets what
+    was remembered of it; SQL written elsewhere must call :meth:`forget_rows`.
+    A transaction object lives for one transaction, so nothing is remembered
+    across transactions.
+    """
 
     _cur: Cursor
+    _rows: dict[tuple[str, int], Any]
 
     def _sql(self, text: str) -> str:
         return text
+
+    def _memo(self) -> dict[tuple[str, int], Any]:
+        try:
+            return self._rows
+        except AttributeError:
+            self._rows = {}
+            return self._rows
+
+    def remember_merchant(self, merchant: Merchant) -> None:
+        """A merchant the caller already holds (merchant rows never change)."""
+        self._memo()["merchants", merchant.id] = merchant
+
+    def forget_rows(self, table: str | None = None) -> None:
+        """Forget remembered rows (of ``table``, else all): SQL elsewhere changed them."""
+        memo = self._memo()
+        if table is None:
+            memo.clear()
+        else:
+            for key in [k for k in memo if k[0] == table]:
+                del memo[key]
 
     def _one(self, statement: str, params: Sequence[object]) -> Any:
         self._cur.execute(self._sql(statement), params)
@@ -156,8 +186,15 @@ class PaymentsSql(
         return int(row[0])
 
     def get_merchant(self, merchant_id: int) -> Merchant | None:
+        memo = self._memo()
+        found = memo.get(("merchants", merchant_id))
+        if found is not None:
+            return cast(Merchant, found)
         row = self._one(f"SELECT {_MERCHANT_COLUMNS} FROM merchants WHERE id = ?", (merchant_id,))
-        return None if row is None else _merchant(row)
+        if row is None:
+            return None
+        merchant = memo["merchants", merchant_id] = _merchant(row)
+        return merchant
 
     def find_merchant(self, public_id: str) -> Merchant | None:
         row = self._one(
@@ -187,18 +224,41 @@ class PaymentsSql(
         return int(row[0])
 
     def get_customer(self, customer_id: int) -> Customer | None:
+        memo = self._memo()
+        found = memo.get(("customers", customer_id))
+        if found is not None:
+            return cast(Customer, found)
         row = self._one(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?", (customer_id,))
-        return None if row is None else _customer(row)
+        if row is None:
+            return None
+        customer = memo["customers", customer_id] = _customer(row)
+        return customer
 
     def find_customer(self, public_id: str) -> Customer | None:
         row = self._one(
             f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE public_id = ?", (public_id,)
         )
-        return None if row is None else _customer(row)
+        if row is None:
+            return None
+        customer = self._memo()["customers", row[0]] = _customer(row)
+        return customer
+
+    def find_api_customer(self, public_id: str) -> tuple[Customer, int | None] | None:
+        """The customer with this public id and the merchant that owns it through the API."""
+        row = self._one(
+            f"SELECT {_CUSTOMER_COLUMNS}, a.merchant_id FROM customers c"
+            " LEFT JOIN api_customers a ON a.customer_id = c.id WHERE c.public_id = ?",
+            (public_id,),
+        )
+        if row is None:
+            return None
+        customer = self._memo()["customers", row[0]] = _customer(row)
+        return customer, row[10]
 
     def update_customer_tab(
         self, customer_id: int, limit_micros: int, state: TabState, opened_at_us: int
     ) -> None:
+        self.forget_rows("customers")
         self._cur.execute(
             self._sql(
                 "UPDATE customers SET tab_limit_micros = ?, tab_state = ?, tab_opened_at_us = ?"
@@ -210,6 +270,7 @@ class PaymentsSql(
     def update_customer_auto_reload(
         self, customer_id: int, threshold_micros: int, amount_micros: int
     ) -> bool:
+        self.forget_rows("customers")
         self._cur.execute(
             self._sql(
                 "UPDATE customers SET auto_reload_threshold_micros = ?,"
@@ -275,9 +336,33 @@ class PaymentsSql(
         )
         return None if row is None else _purchase(row)
 
+    def purchase_lookups(
+        self, merchant_id: int, idempotency_key: str, customer_id: int, item_ref: str
+    ) -> tuple[PurchaseRecord | None, PurchaseRecord | None]:
+        """``find_purchase`` and ``pending_purchase`` in one round trip: (by key, waiting)."""
+        rows = self._all(
+            f"SELECT 0, {_PURCHASE_COLUMNS} FROM purchases WHERE merchant_id = ?"
+            " AND idempotency_key = ?"
+            f" UNION ALL SELECT 1, w.* FROM (SELECT {_PURCHASE_COLUMNS} FROM purchases"
+            " WHERE customer_id = ? AND merchant_id = ? AND item_ref = ?"
+            " AND status = 'charge_pending' ORDER BY created_at_us, id LIMIT 1) w",
+            (merchant_id, idempotency_key, customer_id, merchant_id, item_ref),
+        )
+        found: list[PurchaseRecord | None] = [None, None]
+        for row in rows:
+            found[row[0]] = _purchase(row[1:])
+        return found[0], found[1]
+
     def get_purchase(self, purchase_id: int) -> PurchaseRecord | None:
+        memo = self._memo()
+        found = memo.get(("purchases", purchase_id))
+        if found is not None:
+            return cast(PurchaseRecord, found)
         row = self._one(f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE id = ?", (purchase_id,))
-        return None if row is None else _purchase(row)
+        if row is None:
+            return None
+        purchase = memo["purchases", purchase_id] = _purchase(row)
+        return purchase
 
     def insert_purchase(self, p: PurchaseRecord) -> None:
         self._cur.execute(
@@ -301,8 +386,10 @@ class PaymentsSql(
                 p.created_at_us,
             ),
         )
+        self._memo()["purchases", p.id] = p
 
     def complete_purchase(self, purchase_id: int, status: str, transfer_id: int | None) -> None:
+        self.forget_rows("purchases")
         self._cur.execute(
             self._sql("UPDATE purchases SET status = ?, transfer_id = ? WHERE id = ?"),
             (status, transfer_id, purchase_id),
@@ -310,6 +397,7 @@ class PaymentsSql(
 
     def add_refund(self, purchase_id: int, amount_micros: int) -> bool:
         """Add to the refunded total unless it would pass the price. False if refused."""
+        self.forget_rows("purchases")
         self._cur.execute(
             self._sql(
                 "UPDATE purchases SET refunded_micros = refunded_micros + ?"
