@@ -85,13 +85,14 @@ NEWS = SpendEstimate.compound_poisson(1.5, 195_000, 53_700_000_000)
 
 def test_news_reader_tops_up_the_prepay_bound_at_its_fee_share() -> None:
     inp = PlannerInput(NEWS, 25 * USD, BOTH)
-    # Default bound: min(cap 25.00, 90 days at ~0.29 a day = ~26.4) = 25.00.
-    assert inp.prepay_bound_micros() == 25 * USD
+    # Default bound: 90 days at ~0.29 a day = ~26.39, rounded up to 5.00 steps:
+    # 30.00. The tab's 25.00 cap does not bound money the customer prepays.
+    assert inp.prepay_bound_micros() == 30 * USD
     chosen = plan(inp)
-    assert chosen.topup_micros == 25 * USD
-    # 1.03 per 25.00 (card standard), whatever the month's spend: 4.12%, not
+    assert chosen.topup_micros == 30 * USD
+    # 1.17 per 30.00 (card standard), whatever the month's spend: 3.90%, not
     # the ceil(S / T) * fee of cash paid (which made 11.00 look best before).
-    assert chosen.topup_fee_rate == pytest.approx(1_030_000 / (25 * USD), rel=1e-5)
+    assert chosen.topup_fee_rate == pytest.approx(1_170_000 / (30 * USD), rel=1e-5)
     assert topup_rate(inp, 10 * USD) == pytest.approx(0.055, rel=1e-5)
     assert naive_plan(inp).topup_fee_rate == pytest.approx(0.055, rel=1e-5)
     # An explicit bound is obeyed: 15.00 costs 0.74 (standard), 4.93%.
@@ -104,9 +105,11 @@ def test_news_reader_tops_up_the_prepay_bound_at_its_fee_share() -> None:
     ("daily", "cap", "bound"),
     [
         (50_000, 25 * USD, 10 * USD),  # 4.50 in 90 days: the market's 10.00 is still asked
-        (50_000, 8 * USD, 8 * USD),  # ... but never above the cap
-        (USD, 100 * USD, 90 * USD),  # 90 days of spend, below the cap
-        (USD, 25 * USD, 25 * USD),  # the cap binds
+        (50_000, 8 * USD, 10 * USD),  # ... whatever the tab cap
+        (USD, 100 * USD, 90 * USD),  # 90 days of spend
+        (USD, 25 * USD, 90 * USD),  # a tab cap does not bound a prepaid balance
+        (1_010_000, 25 * USD, 95 * USD),  # 90.90 rounded up to a whole 5.00
+        (10 * USD, 25 * USD, 500 * USD),  # the wallet's largest top-up binds
     ],
 )
 def test_default_prepay_bound(daily: int, cap: int, bound: int) -> None:
@@ -143,6 +146,8 @@ def test_bad_inputs_are_refused() -> None:
         PlannerInput(NEWS, USD, ())
     with pytest.raises(ValueError, match="prepay bound"):
         PlannerInput(NEWS, USD, BOTH, prepay_max_micros=-1)
+    with pytest.raises(ValueError, match="rounded"):
+        PlannerInput(NEWS, USD, BOTH, prepay_round_micros=0)
 
 
 spend_estimates = st.builds(
@@ -166,6 +171,7 @@ def test_plan_never_exceeds_the_cap_and_stays_within_topup_limits(
     assert 0 < chosen.tab_limit_micros <= cap
     assert chosen.period_minimum_micros in (0, chosen.tab_limit_micros)
     assert inp.topup_min_micros <= chosen.topup_micros <= inp.topup_max_micros
+    assert chosen.topup_micros <= max(inp.topup_min_micros, inp.prepay_bound_micros())
 
 
 @settings(max_examples=60, deadline=None)

@@ -26,12 +26,14 @@ and the unspent rest of the last top-up carries its share forward to the
 purchases it will pay for (the simulation reports fees the same way): the
 cost of spending S is ``ceil(S * fee(T) / T)``, not ``ceil(S / T) * fee(T)``.
 On that measure a larger top-up is always cheaper, so what bounds T is how
-much a customer may be asked to prepay at once (``prepay_max_micros``). Its
-default mirrors the tab: a wallet is never asked to hold more than a tab may
-owe (the exposure cap), nor more than the customer is expected to spend in
-the time a carried tab may stay open (``carry_days``); the market default of
-10 USD (within the cap) is always allowed, since customers are asked for it
-anyway.
+much a customer may be asked to prepay at once (``prepay_max_micros``). The
+exposure cap does not bound it: the cap limits what a customer may OWE (credit
+the platform extends), while a prepaid balance is the customer's own money paid
+in advance. By default a top-up covers the customer's expected spend over the
+time a carried tab may stay open (``carry_days``), rounded up to a round
+figure that can be offered to a customer (``prepay_round_micros``, 5 units);
+never less than the market default of 10 USD, never more than the wallet's
+largest top-up (``topup_max_micros``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class PlannerInput:
     carry_days: int = 90  # a carried tab settles at this age at the latest
     prepay_days: int = 30  # the window the wallet's fee rate is measured over
     prepay_max_micros: int = 0  # largest top-up asked at once; 0: ``prepay_bound_micros``
+    prepay_round_micros: int = 5 * MICROS  # default top-ups are offered in these steps
     topup_min_micros: int = 5 * MICROS
     topup_max_micros: int = 500 * MICROS
     minor_step_micros: int = 10_000  # the processor's minor unit (cents)
@@ -105,22 +108,24 @@ class PlannerInput:
             raise ValueError("windows, quantiles and the minor unit must be positive")
         if not 0 < self.topup_min_micros <= self.topup_max_micros:
             raise ValueError("need 0 < topup_min <= topup_max")
+        if self.prepay_round_micros <= 0:
+            raise ValueError("top-ups are rounded to a positive step")
         if self.prepay_max_micros < 0:
             raise ValueError("the prepay bound must not be negative (0: the default)")
 
     def prepay_bound_micros(self) -> int:
         """The largest top-up a customer is asked for at once.
 
-        ``prepay_max_micros`` when set; by default the smaller of the exposure
-        cap and the expected spend over ``carry_days`` (rounded up to a minor
-        unit), but at least the naive 10 USD when the cap allows it.
+        ``prepay_max_micros`` when set; by default the expected spend over
+        ``carry_days``, rounded up to a whole ``prepay_round_micros``, at least
+        the naive 10 USD and at most ``topup_max_micros``. Not the exposure cap:
+        a prepaid balance is owed to the customer, not by them.
         """
         if self.prepay_max_micros:
             return self.prepay_max_micros
-        step = self.minor_step_micros
+        step = self.prepay_round_micros
         expected = math.ceil(self.spend.daily_mean_micros * self.carry_days / step) * step
-        floor = min(NAIVE_TOPUP_MICROS, self.exposure_cap_micros)
-        return min(self.exposure_cap_micros, max(floor, expected))
+        return min(self.topup_max_micros, max(NAIVE_TOPUP_MICROS, expected))
 
 
 @dataclass(frozen=True, slots=True)
