@@ -48,3 +48,6 @@ group_commit_linger_s_max = 0.002  # how long a commit waits for callers still q
 
 # Read pages (lookups, exports stream in pages of this many rows).
 page_rows_max = 10_000
+# Account states one SQLite connection keeps for the plain path (a few hundred
+# bytes each); a cache that would grow past it starts again empty.
+cached_account_states_max = 100_000

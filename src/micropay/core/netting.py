@@ -78,12 +78,109 @@ NETTED_ROW_FIELDS = (
 NettedRow = tuple[int, int, int, int, str, int, int, str, str, int]
 
 
-@dataclass(frozen=True, slots=True)
 class NettedPlan:
-    transfers: Sequence[Transfer]
-    created_at_us: int
-    guards: list[AccountGuard]
-    rows: list[NettedRow]  # one per transfer, in batch order (``NETTED_ROW_FIELDS``)
+    """A batch of plain single transfers, its journal rows, and its sums per account.
+
+    The sums and guards (one per account, in id order) are built when first
+    asked for: the netted path needs them, the plain path only the account ids.
+    """
+
+    __slots__ = (
+        "_credits",
+        "_currency",
+        "_debits",
+        "_guards",
+        "created_at_us",
+        "rows",
+        "transfers",
+    )
+
+    def __init__(
+        self,
+        transfers: Sequence[Transfer],
+        created_at_us: int,
+        rows: list[NettedRow],
+        currency: str | Mapping[int, str],
+        debits: dict[int, int] | None = None,
+        credit_sums: dict[int, int] | None = None,
+    ) -> None:
+        self.transfers = transfers
+        self.created_at_us = created_at_us
+        self.rows = rows  # one per transfer, in batch order (``NETTED_ROW_FIELDS``)
+        self._currency = currency  # the batch's one currency, or each account's
+        # Account id -> the batch's debits (credits) of it; from ``rows`` if not given.
+        self._debits = debits
+        self._credits = credit_sums
+        self._guards: list[AccountGuard] | None = None
+
+    @property
+    def account_ids(self) -> set[int]:
+        """Every account the batch debits or credits."""
+        if self._debits is None or self._credits is None:
+            return set(map(_row_debit, self.rows)).union(map(_row_credit, self.rows))
+        return self._debits.keys() | self._credits.keys()
+
+    def sums(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Per account, the batch's debits and credits (accounts it does not touch absent)."""
+        if self._debits is None or self._credits is None:
+            self._debits, self._credits = _sums(self.rows)
+        return self._debits, self._credits
+
+    def guard_rows(self) -> list[tuple[int, str, int, int]]:
+        """The guards' fields as plain tuples, in no particular order (cheaper to build)."""
+        debits, credit_sums = self.sums()
+        currency = self._currency
+        account_ids = debits.keys() | credit_sums.keys()
+        count = len(account_ids)
+        currencies = (
+            repeat(currency, count)
+            if isinstance(currency, str)
+            else map(currency.__getitem__, account_ids)
+        )
+        return list(
+            zip(
+                account_ids,
+                currencies,
+                map(debits.get, account_ids, repeat(0, count)),
+                map(credit_sums.get, account_ids, repeat(0, count)),
+                strict=True,
+            )
+        )
+
+    @property
+    def guards(self) -> list[AccountGuard]:
+        """One guard per account, in account id order (the order to lock them in)."""
+        if self._guards is None:
+            debits, credit_sums = self.sums()
+            currency = self._currency
+            account_ids = sorted(debits.keys() | credit_sums.keys())
+            count = len(account_ids)
+            currencies = (
+                repeat(currency, count)
+                if isinstance(currency, str)
+                else map(currency.__getitem__, account_ids)
+            )
+            sums = zip(
+                account_ids,
+                currencies,
+                map(debits.get, account_ids, repeat(0, count)),
+                map(credit_sums.get, account_ids, repeat(0, count)),
+                strict=True,
+            )
+            self._guards = list(map(_new_guard, sums))
+        return self._guards
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NettedPlan):
+            return NotImplemented
+        return (self.transfers, self.created_at_us, self.rows, self.guards) == (
+            other.transfers,
+            other.created_at_us,
+            other.rows,
+            other.guards,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside: not hashable
 
 
 def plan_netted(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
@@ -102,9 +199,11 @@ def plan_netted(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
 
 
 _UNCOMMON = object()
+_ZERO, _ONE, _EMPTY = 0, _LINKED, ""
 _ID_MAX = id_max
 _CODE_MAX = code_max
 _transfer_id = attrgetter("id")
+_row_debit, _row_credit, _row_amount, _row_flags = (itemgetter(i) for i in (1, 2, 3, 6))
 
 
 def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object | None:
@@ -119,13 +218,14 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
     currency = batch[0].currency
     if type(currency) is not str or currency not in CURRENCY_EXPONENTS:
         return _UNCOMMON
-    debits: dict[int, int] = {}
-    credit_sums: dict[int, int] = {}
-    debits_get, credits_get = debits.get, credit_sums.get
     rows: list[NettedRow] = []
     add_row = rows.append
     id_max_, amount_max, code_max_ = _ID_MAX, amount_micros_max, _CODE_MAX
     client_id_end = system_id_min  # ids from here up are the system's
+    # Identity tests where they are exact: ``x is zero`` holds only for the
+    # int 0 itself (never False, 0.0 or an int subclass), ``x is empty`` only
+    # for the str "". A value that fails them only costs the general path.
+    zero, one, empty = _ZERO, _ONE, _EMPTY
     for t in batch:
         transfer_id = t.id
         debit = t.debit_account_id
@@ -133,56 +233,50 @@ def _plan_common(batch: Sequence[Transfer], now_us: int) -> NettedPlan | object 
         amount = t.amount_micros
         flags = t.flags
         code = t.code
-        pending_id = t.pending_id
-        timeout = t.timeout_s
-        reference = t.reference
-        metadata = t.metadata
         transfer_currency = t.currency
         if not (
             type(transfer_id) is int
             and type(debit) is int
             and type(credit) is int
             and type(amount) is int
-            and type(flags) is int
             and type(code) is int
-            and type(pending_id) is int
-            and type(timeout) is int
-            and type(reference) is str
-            and type(metadata) is str
+            and (flags is zero or flags is one)
+            and t.pending_id is zero
+            and t.timeout_s is zero
+            and t.reference is empty
+            and t.metadata is empty
             and 0 < transfer_id < client_id_end
             and 0 < debit <= id_max_
             and 0 < credit <= id_max_
             and debit != credit
             and 0 < amount <= amount_max
-            and flags in (0, _LINKED)
-            and pending_id == 0
-            and timeout == 0
             and 0 <= code <= code_max_
-            and not reference
-            and not metadata
             and (
                 transfer_currency is currency
                 or (type(transfer_currency) is str and transfer_currency == currency)
             )
         ):
             return _UNCOMMON
-        debits[debit] = debits_get(debit, 0) + amount
-        credit_sums[credit] = credits_get(credit, 0) + amount
         add_row((transfer_id, debit, credit, amount, currency, code, flags, "", "", now_us))
     if len(set(map(_transfer_id, batch))) != len(batch):
         return None
-    account_ids = sorted(debits.keys() | credit_sums.keys())
-    count = len(account_ids)
-    debit_totals = list(map(debits_get, account_ids, repeat(0, count)))
-    credit_totals = list(map(credits_get, account_ids, repeat(0, count)))
     # Debits and credits both sum to the batch total: if it fits, every account's does.
-    if sum(debit_totals) > amount_max and (
-        max(debit_totals) > amount_max or max(credit_totals) > amount_max
-    ):
-        return None  # the exact path reports the overflow transfer by transfer
-    sums = zip(account_ids, repeat(currency, count), debit_totals, credit_totals, strict=True)
-    guards: list[AccountGuard] = list(map(_new_guard, sums))
-    return NettedPlan(batch, now_us, guards, rows)
+    if sum(map(_row_amount, rows)) > amount_max:
+        debits, credit_sums = _sums(rows)
+        if max(debits.values()) > amount_max or max(credit_sums.values()) > amount_max:
+            return None  # the exact path reports the overflow transfer by transfer
+        return NettedPlan(batch, now_us, rows, currency, debits, credit_sums)
+    return NettedPlan(batch, now_us, rows, currency)
+
+
+def _sums(rows: Sequence[NettedRow]) -> tuple[dict[int, int], dict[int, int]]:
+    debits: dict[int, int] = {}
+    credit_sums: dict[int, int] = {}
+    debits_get, credits_get = debits.get, credit_sums.get
+    for _, debit, credit, amount, _, _, _, _, _, _ in rows:
+        debits[debit] = debits_get(debit, 0) + amount
+        credit_sums[credit] = credits_get(credit, 0) + amount
+    return debits, credit_sums
 
 
 def _plan_any(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
@@ -204,12 +298,9 @@ def _plan_any(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
         credit.credits += t.amount_micros
     if len({t.id for t in batch}) != len(batch):
         return None
-    guards = []
-    for account_id in sorted(sums):
-        s = sums[account_id]
+    for s in sums.values():
         if s.debits > amount_micros_max or s.credits > amount_micros_max:
             return None  # the exact path reports the overflow transfer by transfer
-        guards.append(AccountGuard(account_id, s.currency, s.debits, s.credits))
     rows: list[NettedRow] = [
         (
             t.id,
@@ -225,7 +316,10 @@ def _plan_any(batch: Sequence[Transfer], now_us: int) -> NettedPlan | None:
         )
         for t in batch
     ]
-    return NettedPlan(batch, now_us, guards, rows)
+    debits = {account_id: s.debits for account_id, s in sums.items() if s.debits}
+    credit_sums = {account_id: s.credits for account_id, s in sums.items() if s.credits}
+    currencies = {account_id: s.currency for account_id, s in sums.items()}
+    return NettedPlan(batch, now_us, rows, currencies, debits, credit_sums)
 
 
 # TransferResult(*fields) without the Python-level __new__ of a named tuple.
@@ -261,14 +355,36 @@ _CMNED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 PlainRejectionRow = tuple[int, int, int, int, str, int, int, str, str, int, str]
 
 
+PostedDelta = tuple[int, int, int]  # (debits posted, credits posted, account id)
+
+
 @dataclass(frozen=True, slots=True)
 class PlainOutcome:
     """What the engine would do with a netted plan's batch, given its accounts."""
 
     results: list[TransferResult]
     accepted: list[NettedRow]  # rows of the transfers applied, in batch order
-    rejected: list[PlainRejectionRow]  # the same fields, then the remembered status
-    deltas: dict[int, CounterDelta]  # posted counters only; plain transfers hold nothing
+    rejected_rows: list[NettedRow]  # rows of the transfers refused, in batch order
+    rejected_statuses: list[str]  # the status each is remembered with (its value)
+    # Per account with an accepted transfer: plain transfers change posted
+    # counters only, so this is the whole counter change (and SQL parameters).
+    posted: list[PostedDelta]
+
+    @property
+    def rejected(self) -> list[PlainRejectionRow]:
+        """The refused transfers' rows, each followed by its status."""
+        return [
+            (*row, status)
+            for row, status in zip(self.rejected_rows, self.rejected_statuses, strict=True)
+        ]
+
+    @property
+    def deltas(self) -> dict[int, CounterDelta]:
+        """``posted`` as the engine's counter deltas."""
+        return {
+            account_id: CounterDelta(0, debits_posted, 0, credits_posted)
+            for debits_posted, credits_posted, account_id in self.posted
+        }
 
 
 # What the plain path reads of an account, in this order (``ACCOUNT_STATE_FIELDS``).
@@ -300,10 +416,11 @@ def settle_plain(plan: NettedPlan, accounts: Mapping[int, AccountState]) -> Plai
     """The outcome of ``plan``'s batch against ``accounts``, or ``None`` if it has a chain.
 
     ``accounts`` are the plan's accounts as locked for the write (missing ones
-    are absent). Linked chains need the engine's undo: they return ``None``.
+    are absent; others may be present). Linked chains need the engine's undo:
+    they return ``None``.
     """
     rows = plan.rows
-    if any(row[6] & _LINKED for row in rows):
+    if any(map(_LINKED.__and__, map(_row_flags, rows))):
         return None
     ok = TransferStatus.ok
     # What the batch has posted so far, per account (plain transfers hold
@@ -311,61 +428,81 @@ def settle_plain(plan: NettedPlan, accounts: Mapping[int, AccountState]) -> Plai
     debited: dict[int, int] = {}
     credited: dict[int, int] = {}
     debited_get, credited_get = debited.get, credited.get
-    results: list[TransferResult] = []
+    statuses: list[TransferStatus] = []
     accepted: list[NettedRow] = []
-    rejected: list[PlainRejectionRow] = []
-    add_result, add_accepted, add_rejected = results.append, accepted.append, rejected.append
+    rejected: list[NettedRow] = []
+    values: list[str] = []
+    add_status, add_accepted, add_rejected = statuses.append, accepted.append, rejected.append
+    add_value = values.append
     get = accounts.get
     amount_max = amount_micros_max
     for row in rows:
-        transfer_id, debit_id, credit_id, amount, currency = row[0], row[1], row[2], row[3], row[4]
+        _, debit_id, credit_id, amount, currency, _, _, _, _, _ = row
         debit = get(debit_id)
         credit = get(credit_id)
         if debit is None:
             status, value = _DEBIT_NOT_FOUND
         elif credit is None:
             status, value = _CREDIT_NOT_FOUND
-        elif debit[0] != credit[0]:
-            status, value = _CURRENCIES_DIFFER
-        elif currency != debit[0]:
-            status, value = _TRANSFER_CURRENCY_DIFFERS
         else:
-            room = amount_max - amount
-            d_posted = debit[4] + debited_get(debit_id, 0)
-            c_posted = credit[6] + credited_get(credit_id, 0)
-            if d_posted > room:
-                status, value = _OVERFLOWS_DEBITS_POSTED
-            elif c_posted > room:
-                status, value = _OVERFLOWS_CREDITS_POSTED
-            elif debit[3] + d_posted > room:
-                status, value = _OVERFLOWS_DEBITS
-            elif credit[5] + c_posted > room:
-                status, value = _OVERFLOWS_CREDITS
-            elif (
-                debit[1] & _DMNEC
-                and debit[3] + d_posted - debit[6] - credited_get(debit_id, 0) > debit[2] - amount
-            ):
-                status, value = _EXCEEDS_CREDITS
-            elif (
-                credit[1] & _CMNED
-                and credit[5] + c_posted - credit[4] - debited_get(credit_id, 0)
-                > credit[2] - amount
-            ):
-                status, value = _EXCEEDS_DEBITS
+            # Counters as stored, then (for the two checked) plus this batch's.
+            d_currency, d_flags, d_limit, d_pending, d_posted, _, d_credits = debit
+            c_currency, c_flags, c_limit, _, c_debits, c_pending, c_posted = credit
+            if d_currency != c_currency:
+                status, value = _CURRENCIES_DIFFER
+            elif currency != d_currency:
+                status, value = _TRANSFER_CURRENCY_DIFFERS
             else:
-                debited[debit_id] = d_posted - debit[4] + amount
-                credited[credit_id] = c_posted - credit[6] + amount
-                add_accepted(row)
-                add_result(_new_result((transfer_id, ok, False)))
-                continue
+                room = amount_max - amount
+                batch_debits = debited_get(debit_id, 0)
+                batch_credits = credited_get(credit_id, 0)
+                d_posted += batch_debits
+                c_posted += batch_credits
+                if d_posted > room:
+                    status, value = _OVERFLOWS_DEBITS_POSTED
+                elif c_posted > room:
+                    status, value = _OVERFLOWS_CREDITS_POSTED
+                elif d_pending + d_posted > room:
+                    status, value = _OVERFLOWS_DEBITS
+                elif c_pending + c_posted > room:
+                    status, value = _OVERFLOWS_CREDITS
+                elif (
+                    d_flags & _DMNEC
+                    and d_pending + d_posted - d_credits - credited_get(debit_id, 0)
+                    > d_limit - amount
+                ):
+                    status, value = _EXCEEDS_CREDITS
+                elif (
+                    c_flags & _CMNED
+                    and c_pending + c_posted - c_debits - debited_get(credit_id, 0)
+                    > c_limit - amount
+                ):
+                    status, value = _EXCEEDS_DEBITS
+                else:
+                    debited[debit_id] = batch_debits + amount
+                    credited[credit_id] = batch_credits + amount
+                    add_accepted(row)
+                    add_status(ok)
+                    continue
         # Every status above is a state check: remembered against the id.
-        add_rejected((*row, value))
-        add_result(_new_result((transfer_id, status, False)))
-    deltas = {
-        account_id: CounterDelta(0, debited_get(account_id, 0), 0, credited_get(account_id, 0))
-        for account_id in debited.keys() | credited.keys()
-    }
-    return PlainOutcome(results, accepted, rejected, deltas)
+        add_rejected(row)
+        add_value(value)
+        add_status(status)
+    count = len(rows)
+    results = list(
+        map(_new_result, zip(map(_row_id, rows), statuses, repeat(False, count), strict=True))
+    )
+    touched = debited.keys() | credited.keys()
+    count = len(touched)
+    posted = list(
+        zip(
+            map(debited_get, touched, repeat(0, count)),
+            map(credited_get, touched, repeat(0, count)),
+            touched,
+            strict=True,
+        )
+    )
+    return PlainOutcome(results, accepted, rejected, values, posted)
 
 
 def _with_value(status: TransferStatus) -> tuple[TransferStatus, str]:

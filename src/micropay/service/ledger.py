@@ -6,7 +6,9 @@ Write path for a batch of transfers:
    counter update per account and a bulk insert, with no reads
    (:mod:`micropay.core.netting`). If a guard or an id refuses it, roll back.
    After refusals the next attempts are skipped, more of them after each
-   refusal in a row, since a batch that overdraws is usually followed by more.
+   refusal in a row, since a batch that overdraws is usually followed by more;
+   and while the plain path keeps rejecting transfers (which the guards would
+   have refused), until it settles a batch with none.
 2. A plain batch the guards refused takes the *plain* path: lock its
    accounts, settle it against their counters (``settle_plain``: the engine's
    checks for plain transfers) and write rows, remembered failures and
@@ -158,13 +160,20 @@ class Ledger:
                         self._netted_skips = (1 << self._netted_misses) - 1
                 try:
                     with self.store.write() as tx:
-                        accounts = tx.lock_account_states([g.account_id for g in plan.guards])
+                        accounts = tx.lock_account_states(plan.account_ids)
                         outcome = settle_plain(plan, accounts)
                         if outcome is None:
                             raise _NettedRefused
                         if not tx.try_plain(outcome):
                             raise _NettedRefused
                     self.stats["plain"] += 1
+                    if outcome.rejected_rows:
+                        # The guards would have refused this batch too: the
+                        # next one is likely the same (wallets stay dry).
+                        self._netted_skips = max(self._netted_skips, 1)
+                    else:
+                        # They would have let it through: try the next one.
+                        self._netted_misses = self._netted_skips = 0
                     return outcome.results
                 except _NettedRefused:
                     pass

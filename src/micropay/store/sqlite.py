@@ -5,6 +5,15 @@ Durability settings are enforced at open and checked: WAL journal,
 with ``BEGIN IMMEDIATE`` so that two processes cannot both read a balance and
 then both spend it. Busy errors become :class:`TransientStoreError` for the
 service to retry.
+
+Each connection keeps the account states the plain and netted paths wrote or
+read (:class:`_AccountStateCache`), so that the plain path need not read them
+again next batch. The cache holds what is committed, and only while nothing
+else can have changed it: it is checked after ``BEGIN IMMEDIATE`` (with the
+write lock held) against ``PRAGMA data_version`` (other connections' commits)
+and the connection's own ``total_changes`` (any other write on this
+connection), and it is updated only after a ``COMMIT`` whose row changes are
+exactly those of the cache-aware writes. Anything else empties it.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from micropay.core import limits
 from micropay.core.accounts import Account
 from micropay.core.engine import CounterDelta
-from micropay.core.netting import AccountState, NettedPlan, PlainOutcome
+from micropay.core.netting import NETTED_ROW_FIELDS, AccountState, NettedPlan, PlainOutcome
+from micropay.core.statuses import TransferStatus
 from micropay.core.transfers import Rejection, StoredTransfer
 from micropay.service.ports import (
     Recorded,
@@ -49,6 +60,17 @@ _POSTED_DELTA = (
     "UPDATE accounts SET debits_posted_micros = debits_posted_micros + ?,"
     " credits_posted_micros = credits_posted_micros + ? WHERE id = ?"
 )
+# A plain transfer's remembered failure, one statement per status: the
+# status is a constant of the statement (the values are fixed identifiers).
+_INSERT_REJECTED_AS = {
+    status.value: (
+        f"INSERT INTO transfers ({', '.join(NETTED_ROW_FIELDS)}, rejected_status,"
+        " pending_id, timeout_s, expires_at_us)"
+        f" VALUES ({','.join('?' * len(NETTED_ROW_FIELDS))}, '{status.value}', NULL, 0, NULL)"
+    )
+    for status in TransferStatus
+    if status.value.replace("_", "").isalpha()
+}
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -68,17 +90,67 @@ class _SqliteReads(sql.SqlReader, PaymentsSql):
         return [] if rows == ["ok"] else [f"sqlite integrity_check: {row}" for row in rows]
 
 
+class _AccountStateCache:
+    """Committed account states of one connection, valid while ``stamp`` is unchanged.
+
+    ``stamp`` is ``(PRAGMA data_version, total_changes)`` as of the last time
+    the cache was known to match the database; ``None`` when it is not.
+    """
+
+    __slots__ = ("stamp", "states")
+
+    def __init__(self) -> None:
+        self.states: dict[int, AccountState] = {}
+        self.stamp: tuple[int, int] | None = None
+
+    def clear(self) -> None:
+        self.states = {}
+        self.stamp = None
+
+
 class SqliteWriteTx(_SqliteReads):
+    """One write transaction; it records what its cache-aware writes did to accounts.
+
+    The cache-aware methods are ``lock_account_states``, ``try_netted`` and
+    ``try_plain``. The store applies what they recorded to its cache after
+    ``COMMIT``, and only if the transaction changed no other row.
+    """
+
+    def __init__(self, cursor: sqlite3.Cursor, cached: Mapping[int, AccountState]) -> None:
+        super().__init__(cursor)
+        self._cached = cached
+        # States read from the database in this transaction, before any write.
+        self.loaded: dict[int, AccountState] = {}
+        # Posted counter changes as (debits, credits, account id), and the row
+        # changes (inserts and updates) the cache-aware writes made.
+        self.posted: list[Sequence[int]] = []
+        self.changes_expected = 0
+        self.cacheable = True
+
     def lock_accounts(self, ids: Collection[int]) -> dict[int, Account]:
         # BEGIN IMMEDIATE already holds the database's write lock.
         return self.get_accounts(ids)
 
     def lock_account_states(self, ids: Collection[int]) -> dict[int, AccountState]:
-        # BEGIN IMMEDIATE already holds the database's write lock.
+        # BEGIN IMMEDIATE already holds the database's write lock, and the
+        # cache holds what is committed (the store checked it after BEGIN).
         if not ids:
             return {}
-        rows = self._select_in(f"SELECT {sql.ACCOUNT_STATE_COLUMNS} FROM accounts", "id", ids)
-        return {row[0]: row[1:] for row in rows}
+        cached = self._cached
+        try:
+            return dict(zip(ids, map(cached.__getitem__, ids), strict=True))
+        except KeyError:
+            pass  # some are not cached: read those
+        states = {i: cached[i] for i in ids if i in cached}
+        missing = [i for i in ids if i not in states]
+        rows = self._select_in(f"SELECT {sql.ACCOUNT_STATE_COLUMNS} FROM accounts", "id", missing)
+        loaded = {row[0]: row[1:] for row in rows}
+        if self.changes_expected:
+            self.cacheable = False  # read after this transaction's own writes
+        else:
+            self.loaded.update(loaded)
+        states.update(loaded)
+        return states
 
     def load_recorded(self, ids: Collection[int]) -> Recorded:
         return self.get_recorded(ids)
@@ -108,13 +180,18 @@ class SqliteWriteTx(_SqliteReads):
 
     def try_netted(self, plan: NettedPlan) -> bool:
         cur = self._cur
-        cur.executemany(_GUARDED_NETTED_UPDATE, plan.guards)  # guards are parameter tuples
-        if cur.rowcount != len(plan.guards):
+        # In any order: BEGIN IMMEDIATE already holds the database's write lock.
+        guards = plan.guard_rows()
+        cur.executemany(_GUARDED_NETTED_UPDATE, guards)
+        if cur.rowcount != len(guards):
             return False
         try:
             cur.executemany(sql.INSERT_NETTED_TRANSFER, plan.rows)
         except sqlite3.IntegrityError:
             return False  # an id is taken: the exact path replays or rejects it
+        self.changes_expected += len(guards) + len(plan.rows)
+        if self._cached or self.loaded:  # else there is no cached state to update
+            self.posted.extend(map(_guard_posted, guards))
         return True
 
     def try_plain(self, outcome: PlainOutcome) -> bool:
@@ -122,19 +199,37 @@ class SqliteWriteTx(_SqliteReads):
         try:
             if outcome.accepted:
                 cur.executemany(sql.INSERT_NETTED_TRANSFER, outcome.accepted)
-            if outcome.rejected:
-                cur.executemany(sql.INSERT_PLAIN_REJECTION, outcome.rejected)
+            rejected = outcome.rejected_rows
+            if rejected:
+                statuses = set(outcome.rejected_statuses)
+                # Usually one status: one statement, and the rows as they are.
+                statement = _INSERT_REJECTED_AS.get(statuses.pop()) if len(statuses) == 1 else None
+                if statement is not None:
+                    cur.executemany(statement, rejected)
+                else:
+                    cur.executemany(sql.INSERT_PLAIN_REJECTION, outcome.rejected)
         except sqlite3.IntegrityError:
             return False  # an id is taken: the exact path replays or rejects it
         # Plain transfers change posted counters only.
-        cur.executemany(
-            _POSTED_DELTA,
-            [
-                (d.debits_posted_micros, d.credits_posted_micros, account_id)
-                for account_id, d in outcome.deltas.items()
-            ],
-        )
+        posted = outcome.posted
+        if posted:
+            cur.executemany(_POSTED_DELTA, posted)
+        self.changes_expected += len(outcome.accepted) + len(rejected) + len(posted)
+        self.posted.extend(posted)
         return True
+
+
+_guard_posted = itemgetter(2, 3, 0)  # (debits, credits, account id)
+
+
+def _only_cache_aware_writes(expected: int, made: int) -> bool:
+    """Whether a connection's ``made`` row changes are the ``expected`` cache-aware ones.
+
+    ``total_changes`` counts every row this connection inserts, updates or
+    deletes, by any statement (triggers included): a difference is a write
+    the cache did not see.
+    """
+    return made == expected
 
 
 _write_locks: dict[str, threading.Lock] = {}
@@ -156,6 +251,7 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._write_lock = _process_write_lock(path)
+        self._cache = _AccountStateCache()
         try:
             self._conn = sqlite3.connect(
                 path,
@@ -210,10 +306,14 @@ class SqliteStore:
             lock.release()
 
     def _write_body(self, conn: sqlite3.Connection) -> Iterator[SqliteWriteTx]:
+        cache = self._cache
         try:
-            yield SqliteWriteTx(conn.cursor())
+            start = self._check_cache(conn, cache)
+            tx = SqliteWriteTx(conn.cursor(), cache.states)
+            yield tx
             conn.execute("COMMIT")
         except BaseException as error:
+            cache.clear()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
@@ -225,6 +325,70 @@ class SqliteStore:
             if isinstance(error, sqlite3.Error):
                 raise StoreError(f"sqlite: {error}") from None
             raise
+        self._update_cache(conn, cache, start, tx)
+
+    def _data_version(self, conn: sqlite3.Connection) -> int:
+        """``PRAGMA data_version``: changes when another connection commits, not this one."""
+        version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def _check_cache(self, conn: sqlite3.Connection, cache: _AccountStateCache) -> int:
+        """Empty the cache unless nothing changed the database since it was stamped.
+
+        Called with the write lock held (after ``BEGIN IMMEDIATE``), so no other
+        writer can commit until this transaction ends. Returns ``total_changes``.
+        """
+        version, changes = self._data_version(conn), conn.total_changes
+        stamp = cache.stamp
+        if (
+            stamp is None
+            or version != stamp[0]  # another connection committed
+            or not _only_cache_aware_writes(0, changes - stamp[1])  # this one wrote elsewhere
+        ):
+            cache.states = {}
+        cache.stamp = (version, changes)
+        return changes
+
+    def _update_cache(
+        self, conn: sqlite3.Connection, cache: _AccountStateCache, start: int, tx: SqliteWriteTx
+    ) -> None:
+        """After COMMIT: apply the transaction's cache-aware writes, or empty the cache.
+
+        Kept only if the rows the transaction changed are exactly those its
+        cache-aware writes account for; any other write (accounts opened,
+        the exact path, payments, holds) empties it.
+        """
+        changes = conn.total_changes
+        stamp = cache.stamp
+        if (
+            stamp is None
+            or not tx.cacheable
+            or not _only_cache_aware_writes(tx.changes_expected, changes - start)
+        ):
+            cache.clear()
+            return
+        states = cache.states
+        if tx.loaded:
+            if len(states) + len(tx.loaded) > limits.cached_account_states_max:
+                states.clear()
+            states.update(tx.loaded)
+        get = states.get
+        for debits_posted, credits_posted, account_id in tx.posted:
+            state = get(account_id)
+            if state is not None:
+                currency, flags, limit, dp, dpo, cp, cpo = state
+                states[account_id] = (
+                    currency,
+                    flags,
+                    limit,
+                    dp,
+                    dpo + debits_posted,
+                    cp,
+                    cpo + credits_posted,
+                )
+        # The data version read after BEGIN: our own commit does not change
+        # it, and reading it again now could take in another writer's commit.
+        cache.stamp = (stamp[0], changes)
 
     @contextmanager
     def read(self) -> Iterator[_SqliteReads]:
