@@ -181,6 +181,23 @@ def test_an_access_period_is_charged_once_per_period(site: Site, clock: FakeCloc
     _assert_offer(get(app, "/articles/3", reader), "insufficient_funds")  # 5.00 spent
 
 
+def test_a_price_per_call_charges_every_request(site: Site) -> None:
+    app = site.protected(item_ref="forecast", per_call=True)
+    reader = _reader(site, funded=True)
+    first, second = get(app, "/articles/1", reader), get(app, "/articles/1", reader)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers["micropay-purchase"] != second.headers["micropay-purchase"]
+    assert _purchases(site) == [(reader, "forecast"), (reader, "forecast")]
+    # 5.00 - 2 x 2.50 = 0: the third call is refused, with an offer that says per call.
+    offer = _assert_offer(get(app, "/articles/1", reader), "insufficient_funds")
+    assert (offer["item"], offer["per_call"]) == ("forecast", True)
+    assert site.served == ["/articles/1", "/articles/1"]
+    for mp in site.sync_api():
+        assert mp.get_item("forecast").consumable is True
+    with pytest.raises(ValueError, match="per call"):
+        site.protected(per_call=True, access_period_s=60)
+
+
 def test_the_paywall_fails_closed_when_the_api_refuses_its_key(site: Site) -> None:
     app = site.protected(key="mp_sk_test_0000000000000000_wrong")
     reader = _reader(site, funded=True)

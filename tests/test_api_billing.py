@@ -1,4 +1,4 @@
-"""Tabs, subscriptions and usage over HTTP (SQLite and PostgreSQL), reconcile clean after."""
+"""Tabs, tips, subscriptions and usage over HTTP (SQLite and PostgreSQL), reconcile clean after."""
 
 from __future__ import annotations
 
@@ -180,3 +180,79 @@ def test_ids_past_64_bits_are_not_found(api: Api) -> None:
     assert api.call("GET", f"/v1/subscriptions/sub_{too_big}", key).status_code == 404
     assert api.call("GET", f"/v1/usage-events?cursor=use_{too_big}", key).status_code == 404
     assert api.call("GET", f"/v1/subscriptions/sub_{2**63 - 1}", key).status_code == 404
+
+
+# --- tips ---------------------------------------------------------------------------------------
+
+
+def test_a_tip_for_an_item_reaches_its_payees(database_url: str, clock: FakeClock) -> None:
+    """``item`` is optional; a tip for an item with a split is split 70/30 like its sales."""
+    with running_api(database_url, clock, record_splits=True) as api:
+        _, key = api.merchant(funding=["wallet"])
+        ops = api.operator_key
+        payees = []
+        for name in ("author", "publisher"):
+            body = {"name": name, "currency": "USD", "destination_token": f"ba_{name}"}
+            made = api.call("POST", "/v1/payees", ops, body)
+            assert made.status_code == 201, made.text
+            payees.append(made.json()["id"])
+        api.item(key, "page", 1_000_000)
+        shares = [
+            {"payee": payees[0], "share_bps": 7_000},
+            {"payee": payees[1], "share_bps": 3_000},
+        ]
+        assert api.call("PUT", "/v1/items/page/split", key, {"shares": shares}).status_code == 200
+        fan = api.customer(key)
+        topped = api.call("POST", f"/v1/customers/{fan}/top-ups", key, {"amount_micros": 5_000_000})
+        assert topped.status_code == 201, topped.text
+
+        body = {"customer": fan, "amount_micros": 1_000_001, "note": "thanks", "item": "page"}
+        tipped = api.call("POST", "/v1/tips", key, body, idem="tip-1")
+        assert tipped.status_code == 201, tipped.text
+        out = tipped.json()
+        assert out["id"].startswith("tip_")
+        assert (out["amount_micros"], out["amount"], out["currency"]) == (
+            1_000_001,
+            "1.000001",
+            "USD",
+        )
+        assert (out["funding"], out["note"], out["item"], out["customer"]) == (
+            "wallet",
+            "thanks",
+            "page",
+            fan,
+        )
+        again = api.call("POST", "/v1/tips", key, body, idem="tip-1")
+        assert again.content == tipped.content
+        assert again.headers["Idempotent-Replayed"] == "true"
+        pending = [
+            api.call("GET", f"/v1/payees/{p}/balances", ops).json()["pending_micros"]
+            for p in payees
+        ]
+        assert pending == [700_001, 300_000]  # 1,000,001 split 70/30: the remainder to the author
+
+        plain = api.call("POST", "/v1/tips", key, {"customer": fan, "amount_micros": 500_000})
+        assert plain.status_code == 201, plain.text
+        assert plain.json()["item"] is None
+        unknown = api.call(
+            "POST", "/v1/tips", key, {"customer": fan, "amount_micros": 500_000, "item": "nope"}
+        )
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "item_not_found")
+        extra = api.call(
+            "POST", "/v1/tips", key, {"customer": fan, "amount_micros": 1, "items": "page"}
+        )
+        assert extra.status_code == 422  # unknown fields are refused
+        bad_item = api.call(
+            "POST", "/v1/tips", key, {"customer": fan, "amount_micros": 500_000, "item": "a b"}
+        )
+        assert bad_item.status_code == 422
+        too_big = api.call("POST", "/v1/tips", key, {"customer": fan, "amount_micros": 200_000_000})
+        assert (too_big.status_code, too_big.json()["error"]["code"]) == (
+            422,
+            "amount_above_maximum",
+        )
+        poor = api.call("POST", "/v1/tips", key, {"customer": fan, "amount_micros": 9_000_000})
+        assert (poor.status_code, poor.json()["error"]["code"]) == (402, "insufficient_funds")
+        rest = {"customer": fan, "amount_micros": 5_000_000 - 1_000_001 - 500_000}
+        assert api.call("POST", "/v1/tips", key, rest).status_code == 201  # the wallet, exactly
+    assert _reconciled(database_url)

@@ -8,7 +8,7 @@ import pytest
 
 from micropay.api.errors import API_ERRORS, STATUS_HTTP, ApiError
 from micropay.core.statuses import TransferStatus
-from micropay.payments.billing import SubscriptionStatus, UsageStatus
+from micropay.payments.billing import SubscriptionStatus, TipStatus, UsageStatus
 from micropay.payments.gift_cards import IssueStatus, RedeemStatus
 from micropay.payments.models import PurchaseStatus, TopUpStatus
 from micropay.service.refunds import RefundStatus
@@ -22,6 +22,7 @@ ENUMS: list[type[enum.Enum]] = [
     RedeemStatus,
     SubscriptionStatus,
     UsageStatus,
+    TipStatus,
 ]
 
 

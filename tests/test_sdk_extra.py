@@ -134,3 +134,41 @@ def test_sdk_payees_splits_balances_and_payouts(h: Harness) -> None:
         balances = operator.payee_balances(ann.id)
         assert (balances.pending_micros, balances.available_micros) == (0, 0)
         assert list(operator.list_payouts(ann.id)) == []
+
+
+def test_sdk_tips_for_an_item_reach_its_payee(database_url: str, clock: FakeClock) -> None:
+    """``tip(..., item=...)``, sync and async; with splits recorded the payee earns the tip."""
+    h = _harness(database_url, clock, record_splits=True)
+    harness = next(h)
+    try:
+        token = harness.merchant()
+        with harness.client(harness.operator_key) as operator:
+            ann = operator.create_payee("Ann", "USD", "ba_ann", schedule="manual")
+        with harness.client(token) as mp:
+            mp.put_item("page", "Ann's page", 1_000_000)
+            mp.put_split("page", [(ann.id, 10_000)])
+            fan = mp.create_customer(payment_method_token="pm_card_ok")
+            mp.top_up(fan.id, 10_000_000)
+            tip = mp.tip(fan.id, 2_000_000, note="thanks", item="page", idempotency_key="t1")
+            again = mp.tip(fan.id, 2_000_000, note="thanks", item="page", idempotency_key="t1")
+            assert (tip.item, tip.note, tip.funding, tip.replayed) == (
+                "page",
+                "thanks",
+                "wallet",
+                False,
+            )
+            assert (again.id, again.replayed) == (tip.id, True)
+            assert mp.tip(fan.id, 500_000).item is None
+            with pytest.raises(NotFoundError):
+                mp.tip(fan.id, 500_000, item="nope")
+
+        async def main() -> str | None:
+            async with harness.async_client(token) as amp:
+                return (await amp.tip(fan.id, 1_000_000, item="page")).item
+
+        assert anyio.run(main) == "page"
+        with harness.client(harness.operator_key) as operator:
+            assert operator.payee_balances(ann.id).pending_micros == 3_000_000
+        assert harness.reconciled()
+    finally:
+        h.close()

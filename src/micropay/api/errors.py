@@ -15,7 +15,7 @@ import enum
 import json
 
 from micropay.core.statuses import TransferStatus
-from micropay.payments.billing import SubscriptionStatus, UsageStatus
+from micropay.payments.billing import SubscriptionStatus, TipStatus, UsageStatus
 from micropay.payments.gift_cards import IssueStatus, RedeemStatus
 from micropay.payments.models import PurchaseStatus, TopUpStatus
 from micropay.service.refunds import RefundStatus
@@ -28,6 +28,7 @@ _I = IssueStatus
 _G = RedeemStatus
 _S = SubscriptionStatus
 _M = UsageStatus
+_N = TipStatus
 
 # (HTTP status, a message for clients). 2xx rows are successes.
 STATUS_HTTP: dict[enum.Enum, tuple[int, str]] = {
@@ -122,6 +123,21 @@ STATUS_HTTP: dict[enum.Enum, tuple[int, str]] = {
     _M.idempotency_key_invalid: (400, "the idempotency key is invalid"),
     _M.idempotency_key_reused: (409, "this key was used for a different request"),
     _M.batch_too_large: (422, "too many events in one call"),
+    # tips
+    _N.ok: (201, "tipped"),
+    _N.merchant_not_found: (404, "merchant not found"),
+    _N.customer_not_found: (404, "customer not found"),
+    _N.item_not_found: (404, "item not found"),
+    _N.currency_not_sold: (422, "this merchant is not tipped in that currency"),
+    _N.amount_invalid: (422, "the amount must be a positive integer of micros"),
+    _N.amount_below_minimum: (422, "the tip is below the merchant's minimum"),
+    _N.amount_above_maximum: (422, "the tip is above the merchant's maximum"),
+    _N.note_invalid: (422, "a note is at most 280 printable characters"),
+    _N.idempotency_key_invalid: (400, "the idempotency key is invalid"),
+    _N.idempotency_key_reused: (409, "this key was used for a different request"),
+    _N.no_prepaid_source: (409, "the merchant takes neither wallet nor tab"),
+    _N.tab_frozen: (402, "the customer's tab is frozen until paid"),
+    _N.insufficient_funds: (402, "no funding source can pay"),
     # ledger transfers: request checks are 422, state checks 409, balances 402
     _T.ok: (201, "transferred"),
     _T.linked_event_failed: (409, "a linked transfer failed"),

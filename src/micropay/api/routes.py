@@ -74,6 +74,7 @@ def _item_out(i: Item) -> s.ItemOut:
         price=format_amount(i.price_micros, i.currency),
         currency=i.currency,
         access_period_s=i.access_period_s,
+        consumable=i.consumable,
     )
 
 
@@ -356,6 +357,7 @@ def build_router(rt: Runtime) -> APIRouter:
                 body.name,
                 body.price_micros,
                 access_period_s=body.access_period_s,
+                consumable=body.consumable,
             )
         except PaymentsInputError as error:
             raise ApiError("validation_failed", str(error)) from None

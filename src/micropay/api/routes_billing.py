@@ -1,5 +1,5 @@
-"""Tabs, subscriptions and usage: ``/v1/customers/{id}/tab``, ``/v1/plans``,
-``/v1/subscriptions``, ``/v1/meters`` and ``/v1/usage-events``.
+"""Tabs, tips, subscriptions and usage: ``/v1/customers/{id}/tab``, ``/v1/tips``,
+``/v1/plans``, ``/v1/subscriptions``, ``/v1/meters`` and ``/v1/usage-events``.
 
 Every query is scoped to the key's merchant: another merchant's customer,
 subscription or usage answers 404; plans and meters are named per merchant.
@@ -27,10 +27,15 @@ from micropay.api.routes_common import (
 from micropay.api.runtime import Principal, Runtime, page_limit_default
 from micropay.core.money import format_amount
 from micropay.payments import chart
-from micropay.payments.billing import Period, Plan, SubscriptionRecord, SubscriptionStatus
+from micropay.payments.billing import (
+    Period,
+    Plan,
+    SubscriptionRecord,
+    SubscriptionStatus,
+)
 from micropay.payments.models import Customer, PurchaseStatus
 from micropay.payments.records import ChargeStatus
-from micropay.service.billing import Metering, Subscriptions
+from micropay.service.billing import Metering, Subscriptions, TipReceipt, Tips
 from micropay.service.charges import tab_owed_micros
 from micropay.service.payments import PaymentsInputError
 
@@ -86,6 +91,12 @@ def _subscription_out(
         period_ends_at_us=sub.period_ends_at_us,
         funding=funding,
     )
+
+
+# Tip refusals without a row in STATUS_HTTP (the others share a purchase's or top-up's).
+def tip_error(receipt: TipReceipt) -> ApiError:
+    """The API refusal of a refused tip (from the one status table)."""
+    return ApiError.from_status(receipt.status, receipt.message)
 
 
 def own_subscription(tx: Any, p: Principal, subscription_id: str) -> SubscriptionRecord:
@@ -170,6 +181,41 @@ def build_billing_router(rt: Runtime) -> APIRouter:
             return http, dump(out)
 
         return idempotent(rt, p, key, request, None, run)
+
+    # --- tips -------------------------------------------------------------------------------
+
+    @v1.post("/tips", status_code=201, response_model=b.TipOut, tags=["tips"])
+    def tip(body: b.TipCreate, p: Secret, request: Request, key: IdemKey) -> Response:
+        """Tip the merchant from the customer's wallet or tab (within the merchant's tip
+        limits). ``item`` names what the tip is for; a tip for an item with a revenue split
+        is split among its payees like the item's sales, in the tip's own transaction."""
+
+        def run() -> tuple[int, bytes]:
+            customer = rt.read(lambda tx: own_customer(tx, p, body.customer))
+            receipt = Tips(rt.payments()).tip(
+                p.merchant,
+                customer.id,
+                body.amount_micros,
+                domain_key(key),
+                body.note,
+                item_ref=body.item,
+            )
+            if not receipt.ok:
+                raise tip_error(receipt)
+            return 201, dump(
+                b.TipOut(
+                    id=f"tip_{receipt.tip_id}",
+                    customer=body.customer,
+                    amount_micros=receipt.amount_micros,
+                    amount=format_amount(receipt.amount_micros, receipt.currency),
+                    currency=receipt.currency,
+                    funding=receipt.funding.value if receipt.funding else "",
+                    note=body.note,
+                    item=receipt.item_ref,
+                )
+            )
+
+        return idempotent(rt, p, key, request, body, run)
 
     # --- subscriptions ------------------------------------------------------------------------
 

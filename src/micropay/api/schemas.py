@@ -144,10 +144,22 @@ class CustomerList(BaseModel):
 
 
 class ItemPut(BaseModel):
-    model_config = _strict
+    # A consumable item (a price per use) grants no access period: said in the
+    # schema too, so clients and generated tests know before they ask.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "if": {"properties": {"consumable": {"const": True}}, "required": ["consumable"]},
+            "then": {"properties": {"access_period_s": {"const": 0}}},
+        },
+    )
     name: Name
     price_micros: Annotated[int, Field(gt=0, le=price_micros_max)]
     access_period_s: Annotated[int, Field(ge=0, le=access_period_s_max)] = 0
+    # A price per use: every purchase charges again and grants nothing lasting
+    # (an API call, a download); needs access_period_s 0.
+    consumable: bool = False
 
 
 class ItemOut(BaseModel):
@@ -157,6 +169,7 @@ class ItemOut(BaseModel):
     price: str
     currency: str
     access_period_s: int
+    consumable: bool
 
 
 # --- money movements ---------------------------------------------------------------

@@ -6,12 +6,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from micropay.api.schemas import CustomerId, Name
+from micropay.api.schemas import CustomerId, ItemRef, Name
 from micropay.payments.billing import (
     meter_ref_chars_max,
     meter_unit_price_micros_max,
     plan_ref_chars_max,
     time_zone_chars_max,
+    tip_note_chars_max,
     usage_quantity_max,
     usage_quantity_min,
 )
@@ -55,6 +56,32 @@ class TabSettled(BaseModel):
     amount_micros: int
     amount: str
     tab: TabOut
+
+
+# --- tips ---------------------------------------------------------------------------------
+
+
+class TipCreate(BaseModel):
+    """A tip of ``amount_micros`` (within the merchant's tip limits) from the wallet or tab;
+    the Idempotency-Key header is its key. ``item`` names what the tip is for (one of the
+    merchant's items): a tip for an item with a revenue split is split like its sales."""
+
+    model_config = _strict
+    customer: CustomerId
+    amount_micros: int = Field(gt=0, le=price_micros_max)
+    note: Annotated[str, StringConstraints(max_length=tip_note_chars_max)] = ""
+    item: ItemRef | None = None
+
+
+class TipOut(BaseModel):
+    id: str
+    customer: str
+    amount_micros: int
+    amount: str
+    currency: str
+    funding: str  # wallet | tab
+    note: str
+    item: str | None
 
 
 # --- subscriptions ------------------------------------------------------------------------

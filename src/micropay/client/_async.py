@@ -164,9 +164,17 @@ class AsyncClient(AsyncExtraMethods):
         return self._walk(lambda cursor: specs.customers_page(cursor, page_size))
 
     async def put_item(
-        self, item_ref: str, name: str, price_micros: int, *, access_period_s: int = 0
+        self,
+        item_ref: str,
+        name: str,
+        price_micros: int,
+        *,
+        access_period_s: int = 0,
+        consumable: bool = False,
     ) -> m.Item:
-        return await self._run(specs.put_item(item_ref, name, price_micros, access_period_s))
+        return await self._run(
+            specs.put_item(item_ref, name, price_micros, access_period_s, consumable)
+        )
 
     async def get_item(self, item_ref: str) -> m.Item:
         return await self._run(specs.get_item(item_ref))

@@ -82,8 +82,16 @@ def customers_page(cursor: str | None, limit: int | None) -> Spec[Page[m.Custome
     return Call("GET", "/v1/customers", _paging(cursor, limit)), _page(m.Customer.from_json)
 
 
-def put_item(item_ref: str, name: str, price_micros: int, access_period_s: int) -> Spec[m.Item]:
-    body = {"name": name, "price_micros": price_micros, "access_period_s": access_period_s}
+def put_item(
+    item_ref: str, name: str, price_micros: int, access_period_s: int, consumable: bool = False
+) -> Spec[m.Item]:
+    body: dict[str, object] = {
+        "name": name,
+        "price_micros": price_micros,
+        "access_period_s": access_period_s,
+    }
+    if consumable:
+        body["consumable"] = True
     call = Call("PUT", f"/v1/items/{_seg(item_ref)}", body=body)
     return call, lambda a: m.Item.from_json(a.body)
 

@@ -1,4 +1,4 @@
-"""Webhooks, events, tabs, subscriptions, usage, payment methods and gift cards: each endpoint
+"""Webhooks, events, tabs, tips, subscriptions, usage, payment methods and gift cards: each endpoint
 once, the request to send and how to read the answer (both clients use these)."""
 
 from __future__ import annotations
@@ -121,6 +121,21 @@ def cancel_subscription(
         f"/v1/subscriptions/{_seg(subscription)}/cancel", {"at_period_end": at_period_end}, key
     )
     return call, lambda a: x.Subscription.from_json(a.body)
+
+
+# --- tips ---------------------------------------------------------------------------------------
+
+
+def tip(
+    customer: str, amount_micros: int, note: str, item: str | None, key: str | None
+) -> Spec[x.Tip]:
+    body: dict[str, Any] = {"customer": customer, "amount_micros": amount_micros}
+    if note:
+        body["note"] = note
+    if item is not None:
+        body["item"] = item
+    call = post("/v1/tips", body, key)
+    return call, lambda a: x.Tip.from_json(a.body, a.replayed)
 
 
 # --- usage --------------------------------------------------------------------------------------

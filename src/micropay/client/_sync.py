@@ -161,9 +161,15 @@ class Client(ExtraMethods):
         return self._walk(lambda cursor: specs.customers_page(cursor, page_size))
 
     def put_item(
-        self, item_ref: str, name: str, price_micros: int, *, access_period_s: int = 0
+        self,
+        item_ref: str,
+        name: str,
+        price_micros: int,
+        *,
+        access_period_s: int = 0,
+        consumable: bool = False,
     ) -> m.Item:
-        return self._run(specs.put_item(item_ref, name, price_micros, access_period_s))
+        return self._run(specs.put_item(item_ref, name, price_micros, access_period_s, consumable))
 
     def get_item(self, item_ref: str) -> m.Item:
         return self._run(specs.get_item(item_ref))

@@ -1,4 +1,4 @@
-"""The blocking client's methods for webhooks, events, tabs, subscriptions, usage,
+"""The blocking client's methods for webhooks, events, tabs, tips, subscriptions, usage,
 payment methods and gift cards (mixed into :class:`~micropay.client.Client`)."""
 
 from __future__ import annotations
@@ -121,6 +121,22 @@ class ExtraMethods:
         idempotency_key: str | None = None,
     ) -> x.Subscription:
         return self._run(sx.cancel_subscription(subscription, at_period_end, idempotency_key))
+
+    # --- tips ------------------------------------------------------------------------------
+
+    def tip(
+        self,
+        customer: str,
+        amount_micros: int,
+        *,
+        note: str = "",
+        item: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> x.Tip:
+        """Tip the merchant from the customer's wallet or tab; ``item`` names what the tip is
+        for (a tip for an item with a revenue split is split like its sales). Retrying with
+        the same ``idempotency_key`` tips once."""
+        return self._run(sx.tip(customer, amount_micros, note, item, idempotency_key))
 
     # --- usage -----------------------------------------------------------------------------
 

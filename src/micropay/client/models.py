@@ -88,12 +88,13 @@ class Item:
     price: str
     currency: str
     access_period_s: int  # 0: owned forever once bought
+    consumable: bool = False  # a price per use: every purchase charges again
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Item:
         return cls(
             d["item_ref"], d["name"], d["price_micros"], d["price"], d["currency"],
-            d["access_period_s"],
+            d["access_period_s"], bool(d.get("consumable", False)),
         )  # fmt: skip
 
 

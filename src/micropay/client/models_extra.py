@@ -192,6 +192,33 @@ class Meter:
 
 
 @dataclass(frozen=True, slots=True)
+class Tip:
+    """A tip; ``item`` is what it was for (None: the merchant at large)."""
+
+    id: str
+    customer: str
+    amount_micros: int
+    currency: str
+    funding: str
+    note: str
+    item: str | None
+    replayed: bool = False
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], replayed: bool = False) -> Tip:
+        return cls(
+            d["id"],
+            d["customer"],
+            d["amount_micros"],
+            d["currency"],
+            d["funding"],
+            d["note"],
+            d.get("item"),
+            replayed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class UsageEvent:
     id: str
     customer: str

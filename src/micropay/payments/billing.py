@@ -63,6 +63,7 @@ class TipStatus(enum.Enum):
     ok = "ok"
     merchant_not_found = "merchant_not_found"
     customer_not_found = "customer_not_found"
+    item_not_found = "item_not_found"  # the tip names an item the merchant does not sell
     currency_not_sold = "currency_not_sold"
     amount_invalid = "amount_invalid"  # not an int of micros, or not positive
     amount_below_minimum = "amount_below_minimum"

@@ -120,6 +120,9 @@ class Item:
     price_micros: int
     currency: str
     access_period_s: int  # 0: forever
+    # A price per use (an API call, a download): each purchase is a new sale and
+    # grants nothing that a later purchase would find, so buying again charges again.
+    consumable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,9 @@ the caller with ``POST /v1/purchases`` (the SDK's automatic idempotency key
 makes its retries safe). The purchase answers ``ok`` (charged now, request
 passes), ``already_entitled`` (owned, or within its access period: passes, no
 second charge) or a refusal. So a caller is charged once per item, or once per
-``access_period_s`` when that is set. (A price per *call* of the same resource
-needs a consumable item or usage events in the API; see the report.)
+``access_period_s`` when that is set, or, with ``per_call=True``, on every
+request: the item is then *consumable* (a price per use), so each request is a
+purchase of its own and nothing is kept between requests.
 
 When the caller cannot pay, the answer is **402 Payment Required**, with
 ``WWW-Authenticate: Micropay realm="...", item="...", price="0.25", currency="USD"``
@@ -33,6 +34,7 @@ and this JSON body (the *offer*)::
       "currency": "USD",
       "item": "article-1",
       "access_period_s": 0,         # 0: owned forever once bought
+      "per_call": false,            # true: every request is charged
       "pay_url": "https://...",     # where a person can top up (null if not configured)
       "methods": ["wallet", "tab", "direct"],
       "error": {"code": "insufficient_funds", "message": "...", "request_id": "req_..."}
@@ -92,7 +94,10 @@ class PaymentRequiredMiddleware:
         pay_url: str | None = None,
         methods: tuple[str, ...] = DEFAULT_METHODS,
         realm: str = "micropay",
+        per_call: bool = False,
     ) -> None:
+        if per_call and access_period_s:
+            raise ValueError("a price per call grants no access period")
         self.app = app
         self.client = client
         self.price_micros = price_micros
@@ -105,6 +110,7 @@ class PaymentRequiredMiddleware:
         self.pay_url = pay_url
         self.methods = list(methods)
         self.realm = realm
+        self.per_call = per_call
         self._items: dict[str, Item] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -146,6 +152,7 @@ class PaymentRequiredMiddleware:
                 self.item_name or ref,
                 self.price_micros,
                 access_period_s=self.access_period_s,
+                consumable=self.per_call,
             )
             self._items[ref] = known
         return known
@@ -171,6 +178,7 @@ class PaymentRequiredMiddleware:
             "currency": item.currency,
             "item": item.item_ref,
             "access_period_s": item.access_period_s,
+            "per_call": self.per_call,
             "pay_url": self.pay_url,
             "methods": self.methods,
             "error": {"code": code, "message": message, "request_id": request_id},

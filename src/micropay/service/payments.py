@@ -277,7 +277,9 @@ class Payments:
         price_micros: int,
         *,
         access_period_s: int = 0,
+        consumable: bool = False,
     ) -> Item:
+        """Create or change an item. ``consumable``: a price per use (see ``Item``)."""
         if not is_valid_price(price_micros):
             raise PaymentsInputError("price must be an int of micros, > 0 and <= 10,000 units")
         if (
@@ -290,13 +292,23 @@ class Payments:
             raise PaymentsInputError("item name must be 1-200 characters")
         if type(access_period_s) is not int or not 0 <= access_period_s <= access_period_s_max:
             raise PaymentsInputError("access period must be 0 (forever) .. 10 years in seconds")
+        if type(consumable) is not bool:
+            raise PaymentsInputError("consumable must be true or false")
+        if consumable and access_period_s:
+            raise PaymentsInputError("a consumable item grants no access period")
 
         def upsert(tx: PaymentsWriteTx) -> Item:
             merchant = tx.get_merchant(merchant_id)
             if merchant is None:
                 raise PaymentsInputError("unknown merchant")
             item = Item(
-                merchant_id, item_ref, name, price_micros, merchant.currency, access_period_s
+                merchant_id,
+                item_ref,
+                name,
+                price_micros,
+                merchant.currency,
+                access_period_s,
+                consumable,
             )
             tx.upsert_item(item)
             return item
@@ -533,7 +545,12 @@ class Payments:
             )
         if shown_price is not None and shown_price != item.price_micros:
             return Receipt(PurchaseStatus.price_invalid, message="the price has changed")
-        owned = tx.active_entitlement(merchant_id, customer_id, item_ref, now_us)
+        # A consumable is bought afresh every time: nothing owned, nothing waiting.
+        owned = (
+            None
+            if item.consumable
+            else tx.active_entitlement(merchant_id, customer_id, item_ref, now_us)
+        )
         if owned is not None:
             first = tx.get_purchase(owned.purchase_id)
             if first is not None:
@@ -543,7 +560,11 @@ class Payments:
         # A direct charge for this item already waits for the processor: that is
         # this purchase (a second key must not start a second charge). Only a
         # merchant that takes direct charges (fixed at creation) can have one.
-        if waiting is not None and FundingSource.direct in merchant.funding_policy:
+        if (
+            waiting is not None
+            and not item.consumable
+            and FundingSource.direct in merchant.funding_policy
+        ):
             return self._receipt(tx, waiting, replayed=True)
         guard = None
         if FundingSource.direct in merchant.funding_policy:
@@ -629,6 +650,8 @@ class Payments:
             )
             tx.insert_purchase(record)
             self._run_sale_hooks(tx, record.id)
+            if item.consumable:
+                return self._receipt(tx, record, granted=_NOTHING_GRANTED)
             granted = self._grant(tx, record, item.access_period_s, now_us)
             return self._receipt(tx, record, granted=granted)
         if choice.source is FundingSource.direct:
@@ -708,7 +731,8 @@ class Payments:
         if purchase is None:
             raise KeyError(f"purchase {purchase_id} vanished")
         item = tx.get_item(purchase.merchant_id, purchase.item_ref)
-        self._grant(tx, purchase, item.access_period_s if item else 0, now_us)
+        if item is None or not item.consumable:
+            self._grant(tx, purchase, item.access_period_s if item else 0, now_us)
         self._run_sale_hooks(tx, purchase_id)
 
     def _run_sale_hooks(self, tx: PaymentsWriteTx, purchase_id: int) -> None:
@@ -799,6 +823,8 @@ class Payments:
 
 
 merchants_cached_max = 10_000
+# The receipt of a consumable's purchase: no entitlement (ids start at 1).
+_NOTHING_GRANTED = EntitlementRecord(0, 0, 0, "", 0, 0, 0, True)
 
 
 def _store_credit_id(customer_id: int, merchant_id: int, currency: str) -> int:

@@ -1,15 +1,20 @@
 """The ``creator`` month: fans tipping creators 1-5 USD, creators paid out weekly.
 
-Each creator is a merchant whose tip jar offers tips of 1 to 5 USD; every tip
-goes wholly to the creator's payee account (a 100% split written in the tip's
-own transaction), is held 7 days, and is paid out once per ISO week to a
+Each creator is a merchant with one ``page``; fans tip it 1 to 5 USD with the
+real tip path (``Tips.tip`` with the page as the item). The page's split gives
+100% to the creator's payee account, so every tip is split -- in the tip's own
+transaction, by the tip hook ``Payouts(..., attach=True)`` installs -- into the
+creator's pending balance, held 7 days, and paid out once per ISO week to a
 *verified* creator whose available balance is at least 100 USD. Bank accounts
 are verified by micro-deposits: most creators verify on day 0, some verify
 late (half of them after one wrong guess), some never do.
 
-A tip is a purchase of the tip jar's ``tipN`` item (N USD, entitlement of one
-second so a fan may tip again): ``Payouts`` splits only purchases, and a
-billing ``Tips`` tip has no hook into it yet (see the report of issue 5).
+A tip is paid from the wallet or the tab (never by a card charge of its own):
+tab fans tip on their tab (settled by the planner's rules); wallet fans' wallets
+are reloaded by the plan's top-up when short (what auto-reload does for a
+purchase); fans who pay per tip load exactly the tip (one card charge, the
+cost of a direct charge; the scenario's minimum top-up is 1 USD) and tip it
+from the wallet.
 
 Checks, per run: an independent tally -- from the tips the simulation saw
 succeed, the hold, the deposits each creator read off its bank statement and
@@ -28,9 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from micropay.core.accounts import available_micros
 from micropay.fees.schedules import CARD_MICRO_USD, CARD_STANDARD_USD, FeeSchedule
+from micropay.payments import chart
+from micropay.payments.billing import TipStatus
+from micropay.payments.models import TopUpStatus
 from micropay.payouts.plans import Schedule, period_key
 from micropay.payouts.splits import Share, bps_whole
+from micropay.service.billing import Tips
 from micropay.settlement.planner import (
     PlannerInput,
     SpendEstimate,
@@ -42,7 +52,6 @@ from micropay.simulate._common import (
     SECOND_US,
     Run,
     add_customers,
-    buy,
     full_report,
     new_run,
     pay_out,
@@ -56,6 +65,7 @@ from micropay.simulate.basics import CURRENCY, DAY_S, START_US, kind_of, max_tab
 MICROS = 1_000_000
 CENT = 10_000
 VERIFY_SECOND = 80_000  # late verifications happen after the day's tips, before its payout run
+PAGE = "page"  # each creator's page: what every tip is for
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +156,38 @@ def _setup(run: Run, cfg: CreatorConfig, kinds: list[str]) -> _Creators:
         )
         books.merchants.append(merchant.id)
         books.payees.append(payee.id)
-        for units in cfg.tip_units():
-            ref = f"tip{units}"
-            p.set_item(merchant.id, ref, f"Tip {units}", units * MICROS, access_period_s=1)
-            payouts.set_split(merchant.id, ref, [Share(payee.id, bps_whole)])
+        p.set_item(merchant.id, PAGE, f"Creator {c}'s page", cfg.tip_min_units * MICROS)
+        payouts.set_split(merchant.id, PAGE, [Share(payee.id, bps_whole)])
     add_customers(run, kinds)
+    # Fans who pay per tip load exactly one tip: the smallest tip is the smallest top-up.
+    p.topup_min_micros = min(p.topup_min_micros, cfg.tip_min_units * MICROS)
     return books
+
+
+def _tip(run: Run, tips: Tips, fan: int, merchant_id: int, amount: int, key: str) -> bool:
+    """One tip by fan index ``fan`` for the creator's page; True when newly paid."""
+    customer_id = run.customer_ids[fan]
+    kind = run.kind_of[customer_id]
+    load = 0
+    if kind == "direct":
+        load = amount  # a card charge per tip: load the tip, then tip it
+    elif kind == "wallet":
+        wallet_id = chart.wallet_account(customer_id, CURRENCY)
+        wallet = run.payments.ledger.accounts([wallet_id])[wallet_id]
+        if available_micros(wallet) < amount:
+            load = run.plan.topup_micros  # auto-reload: the short wallet is topped up first
+    if load:
+        loaded = run.payments.top_up(customer_id, load, f"load:{key}")
+        if loaded.status is not TopUpStatus.ok:
+            run.refused[f"top_up_{loaded.status.value}"] += 1
+            return False
+    receipt = tips.tip(merchant_id, customer_id, amount, key, item_ref=PAGE)
+    if receipt.status is TipStatus.ok and not receipt.replayed:
+        run.gross[kind] += amount
+        run.purchases += 1
+        return True
+    run.refused[receipt.status.value] += 1
+    return False
 
 
 def _expected_payouts(cfg: CreatorConfig, books: _Creators) -> list[tuple[int, str, int]]:
@@ -244,6 +280,7 @@ def run_creator(cfg: CreatorConfig, directory: Path | None = None) -> dict[str, 
         ]
         try:
             books = {run.name: _setup(run, cfg, kinds) for run in runs}
+            tips = {run.name: Tips(run.payments) for run in runs}
             per_tip_fee: dict[str, int] = defaultdict(int)
             for day in range(cfg.days):
                 if day == 0:
@@ -260,7 +297,7 @@ def run_creator(cfg: CreatorConfig, directory: Path | None = None) -> dict[str, 
                             run.at(day, 1 + fan * (VERIFY_SECOND - 2) // cfg.customers, n)
                             key = f"d{day}-f{fan}-{n}"
                             merchant = books[run.name].merchants[c]
-                            if buy(run, fan, merchant, f"tip{amount // MICROS}", key):
+                            if _tip(run, tips[run.name], fan, merchant, amount, key):
                                 books[run.name].tips[c].append((run.clock(), amount))
                                 per_tip_fee[run.name] += charge_fee_micros(cfg.schedules, amount)
                 for run in runs:
@@ -278,7 +315,7 @@ def run_creator(cfg: CreatorConfig, directory: Path | None = None) -> dict[str, 
                 tab_customers = [c for c, k in run.kind_of.items() if k == "tab"]
                 report["max_exposure_micros"] = max_tab_exposure(run.payments.store, tab_customers)
                 report["per_item_fee_micros"] = per_tip_fee[run.name]
-                report["tips"] = run.purchases
+                report["tips"] = run.purchases  # tips made (``Run`` counts them as purchases)
                 report.update(_payout_checks(run, cfg, books[run.name]))
                 reports[run.name] = report
         finally:

@@ -114,9 +114,12 @@ class BillingSql:
         )
         return None if row is None else TipRecord(*row)
 
-    def insert_tip(self, t: TipRecord) -> None:
+    def insert_tip(self, t: TipRecord, item_ref: str = "") -> None:
+        """The tip's row; ``item_ref`` is what it is for ("" for nothing in particular)."""
         self._cur.execute(
-            self._sql(f"INSERT INTO tips ({_TIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"),
+            self._sql(
+                f"INSERT INTO tips ({_TIP_COLUMNS}, item_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            ),
             (
                 t.id,
                 t.merchant_id,
@@ -129,6 +132,7 @@ class BillingSql:
                 t.idempotency_key,
                 t.request_hash,
                 t.created_at_us,
+                item_ref,
             ),
         )
 

@@ -38,7 +38,7 @@ _CUSTOMER_COLUMNS = (
     "id, public_id, currency, processor_customer_token, payment_method_token, tab_limit_micros,"
     " tab_state, tab_opened_at_us, auto_reload_threshold_micros, auto_reload_amount_micros"
 )
-_ITEM_COLUMNS = "merchant_id, item_ref, name, price_micros, currency, access_period_s"
+_ITEM_COLUMNS = "merchant_id, item_ref, name, price_micros, currency, access_period_s, consumable"
 _PURCHASE_COLUMNS = (
     "id, merchant_id, customer_id, item_ref, price_micros, currency, funding, status,"
     " transfer_id, charge_id, idempotency_key, request_hash, refunded_micros, created_at_us"
@@ -296,7 +296,7 @@ class PaymentsSql(
             (item.merchant_id, item.item_ref),
         )
         self._cur.execute(
-            self._sql(f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?,?,?,?,?,?)"),
+            self._sql(f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?,?,?,?,?,?,?)"),
             (
                 item.merchant_id,
                 item.item_ref,
@@ -304,6 +304,7 @@ class PaymentsSql(
                 item.price_micros,
                 item.currency,
                 item.access_period_s,
+                item.consumable,
             ),
         )
 
@@ -312,7 +313,9 @@ class PaymentsSql(
             f"SELECT {_ITEM_COLUMNS} FROM items WHERE merchant_id = ? AND item_ref = ?",
             (merchant_id, item_ref),
         )
-        return None if row is None else Item(*row)
+        if row is None:
+            return None
+        return Item(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
 
     # --- purchases and entitlements --------------------------------------
 

@@ -152,9 +152,13 @@ class PayoutsSql:
 
     # --- sales, shares, reversals -------------------------------------------
 
-    def insert_sale(self, s: SaleRecord, shares: Sequence[SaleShare]) -> None:
+    def insert_sale(
+        self, s: SaleRecord, shares: Sequence[SaleShare], *, tip_id: int | None = None
+    ) -> None:
+        """A sale and its shares. ``s.purchase_id`` is the purchase's id, or the tip's when
+        ``tip_id`` is given (a tip's earnings: ``tip_id = purchase_id``)."""
         self._po_exec(
-            f"INSERT INTO sales ({_SALE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+            f"INSERT INTO sales ({_SALE_COLUMNS}, tip_id) VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 s.purchase_id,
                 s.merchant_id,
@@ -164,6 +168,7 @@ class PayoutsSql:
                 s.fee_reversed_micros,
                 s.refunded_micros,
                 s.created_at_us,
+                tip_id,
             ),
         )
         for sh in shares:

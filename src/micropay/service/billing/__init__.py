@@ -9,7 +9,9 @@ aggregation, a batch job that must not call the processor per customer).
 
 - **Tips**: a customer-chosen amount within the merchant's ``tip_micros_min``
   .. ``tip_micros_max`` (default 0.01 .. 100 units), one transfer, idempotent
-  per (merchant, key).
+  per (merchant, key). A tip may name an item it is for; the tip hooks
+  (``Payouts(..., attach=True)`` joins them) split it like that item's sales
+  in the tip's own transaction.
 - **Usage**: recording an event is one INSERT (priced from the meter by the
   same statement), no ledger write; idempotent per (merchant, key).
   :meth:`Metering.aggregate_usage` bills, per (merchant, customer, meter,
@@ -44,7 +46,7 @@ from micropay.service.billing.subscriptions import (
     SubscriptionReceipt,
     Subscriptions,
 )
-from micropay.service.billing.tips import TipReceipt, Tips
+from micropay.service.billing.tips import TipHook, TipPaid, TipReceipt, Tips, tip_hooks
 
 __all__ = [
     "AggregationReport",
@@ -52,9 +54,12 @@ __all__ = [
     "RenewalOutcome",
     "SubscriptionReceipt",
     "Subscriptions",
+    "TipHook",
+    "TipPaid",
     "TipReceipt",
     "Tips",
     "UnpaidUsage",
     "UsageEvent",
     "UsageReceipt",
+    "tip_hooks",
 ]

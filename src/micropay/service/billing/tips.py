@@ -1,7 +1,16 @@
-"""Tips and donations: a customer-chosen amount within the merchant's limits."""
+"""Tips and donations: a customer-chosen amount within the merchant's limits.
+
+A tip may name what it is for (``item_ref``: a creator's page, an article of
+the merchant's catalogue). The tip's hooks (:attr:`Tips.tip_hooks`, shared by
+every ``Tips`` over the same :class:`Payments`) run in the tip's own
+transaction, so whatever they record (``Payouts(..., attach=True)`` splits a
+tip for an item like that item's sales) commits with the tip or not at all.
+"""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from micropay.payments.billing import (
@@ -17,6 +26,7 @@ from micropay.payments.models import (
     FundingSource,
     PurchaseStatus,
     is_valid_key,
+    item_ref_chars_max,
 )
 from micropay.service.billing._base import (
     _SETTLE,
@@ -26,13 +36,15 @@ from micropay.service.billing._base import (
     _SettleTabFirst,
 )
 from micropay.service.charges import request_hash
-from micropay.service.payments import PaymentsInputError
+from micropay.service.payments import Payments, PaymentsInputError
 
 # --- tips -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class TipReceipt:
+    """A tip's outcome."""
+
     status: TipStatus
     tip_id: int = 0
     amount_micros: int = 0
@@ -41,13 +53,39 @@ class TipReceipt:
     transfer_id: int = 0
     message: str = ""
     replayed: bool = False
+    item_ref: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is TipStatus.ok
 
 
-def _tip_receipt(t: TipRecord, *, replayed: bool) -> TipReceipt:
+@dataclass(frozen=True, slots=True)
+class TipPaid:
+    """What a tip hook is told: a tip just written, in the transaction that wrote it."""
+
+    tip_id: int
+    merchant_id: int
+    customer_id: int
+    amount_micros: int
+    currency: str
+    item_ref: str | None  # what the tip is for, if anything
+    transfer_id: int  # the tip's transfer to the merchant's payable
+
+
+TipHook = Callable[[BillingTx, TipPaid], object]
+_tip_hooks: weakref.WeakKeyDictionary[Payments, list[TipHook]] = weakref.WeakKeyDictionary()
+
+
+def tip_hooks(payments: Payments) -> list[TipHook]:
+    """The hooks every tip made over ``payments`` runs in its own transaction (one list)."""
+    hooks = _tip_hooks.get(payments)
+    if hooks is None:
+        hooks = _tip_hooks.setdefault(payments, [])
+    return hooks
+
+
+def _tip_receipt(t: TipRecord, item_ref: str | None, *, replayed: bool) -> TipReceipt:
     return TipReceipt(
         TipStatus.ok,
         t.id,
@@ -57,10 +95,24 @@ def _tip_receipt(t: TipRecord, *, replayed: bool) -> TipReceipt:
         t.transfer_id,
         "",
         replayed,
+        item_ref,
+    )
+
+
+def _item_ref_valid(item_ref: object) -> bool:
+    return item_ref is None or (
+        isinstance(item_ref, str) and 0 < len(item_ref) <= item_ref_chars_max
     )
 
 
 class Tips(_Base):
+    """Tips. ``tip_hooks`` (like ``Payments.sale_hooks``) is one list per :class:`Payments`:
+    a hook appended through any ``Tips`` runs for the tips of every ``Tips`` over it."""
+
+    def __init__(self, payments: Payments) -> None:
+        super().__init__(payments)
+        self.tip_hooks = tip_hooks(payments)
+
     def set_limits(self, merchant_id: int, tip_micros_min: int, tip_micros_max: int) -> TipLimits:
         """Set a merchant's tip range (raises ``PaymentsInputError`` on bad input)."""
         tip_limits = TipLimits(tip_micros_min, tip_micros_max)
@@ -85,13 +137,21 @@ class Tips(_Base):
         amount_micros: int,
         idempotency_key: str,
         note: str = "",
+        *,
+        item_ref: str | None = None,
     ) -> TipReceipt:
         """Tip ``amount_micros`` from the wallet or tab. Idempotent per (merchant, key).
 
+        ``item_ref`` names what the tip is for (one of the merchant's items);
+        with ``Payouts(..., attach=True)`` a tip for an item with a revenue split
+        is split like that item's sales, in the tip's transaction. Without an
+        item (or for an item without a split) the tip stays the merchant's.
+
         Outcomes: ``ok`` (a receipt; ``replayed`` on a retry), or a refusal that
         writes nothing: bad key, note or amount, outside the merchant's limits,
-        unknown merchant/customer, other currency, key reused for a different
-        tip, no prepaid source, frozen tab, insufficient funds.
+        unknown merchant/customer/item,
+        other currency, key reused for a different tip, no prepaid source,
+        frozen tab, insufficient funds.
         """
         if not is_valid_key(idempotency_key):
             return TipReceipt(TipStatus.idempotency_key_invalid)
@@ -101,7 +161,14 @@ class Tips(_Base):
             )
         if type(amount_micros) is not int or amount_micros <= 0:
             return TipReceipt(TipStatus.amount_invalid)
-        fingerprint = request_hash("tip", merchant_id, customer_id, amount_micros, note)
+        if not _item_ref_valid(item_ref):
+            return TipReceipt(TipStatus.item_not_found, message="item not found")
+        # A tip without an item keeps the fingerprint tips had before items existed.
+        fingerprint = (
+            request_hash("tip", merchant_id, customer_id, amount_micros, note)
+            if item_ref is None
+            else request_hash("tip", merchant_id, customer_id, amount_micros, note, item_ref)
+        )
 
         def attempt(settled: bool) -> TipReceipt | _SettleTabFirst:
             return self._tx(
@@ -112,6 +179,7 @@ class Tips(_Base):
                     amount_micros,
                     idempotency_key,
                     note,
+                    item_ref,
                     fingerprint,
                     settled,
                 )
@@ -127,6 +195,7 @@ class Tips(_Base):
         amount_micros: int,
         key: str,
         note: str,
+        item_ref: str | None,
         fingerprint: str,
         settled: bool,
     ) -> TipReceipt | _SettleTabFirst:
@@ -139,12 +208,14 @@ class Tips(_Base):
                 return TipReceipt(
                     TipStatus.idempotency_key_reused, message="this key was used for another tip"
                 )
-            return _tip_receipt(existing, replayed=True)
+            return _tip_receipt(existing, item_ref, replayed=True)
         customer = tx.get_customer(customer_id)
         if customer is None:
             return TipReceipt(TipStatus.customer_not_found)
         if customer.currency != merchant.currency:
             return TipReceipt(TipStatus.currency_not_sold, currency=merchant.currency)
+        if item_ref is not None and tx.get_item(merchant_id, item_ref) is None:
+            return TipReceipt(TipStatus.item_not_found, message="item not found")
         tip_limits = tx.get_tip_limits(merchant_id) or TipLimits()
         refusal = tip_refusal(amount_micros, tip_limits)
         if refusal is not None:
@@ -181,8 +252,19 @@ class Tips(_Base):
             fingerprint,
             self.payments.clock(),
         )
-        tx.insert_tip(record)
-        return _tip_receipt(record, replayed=False)
+        tx.insert_tip(record, item_ref or "")
+        paid = TipPaid(
+            tip_id,
+            merchant_id,
+            customer_id,
+            amount_micros,
+            customer.currency,
+            item_ref,
+            transfer_id,
+        )
+        for hook in self.tip_hooks:
+            hook(tx, paid)
+        return _tip_receipt(record, item_ref, replayed=False)
 
 
 def _tip_refusal(payment: _Payment) -> TipStatus:

@@ -20,6 +20,7 @@ from micropay.payouts.plans import (
     payee_account,
 )
 from micropay.payouts.splits import PlatformFee, Share
+from micropay.service.billing.tips import TipPaid, tip_hooks
 from micropay.service.charges import LedgerInvariantError
 from micropay.service.ledger import apply_in_transaction
 from micropay.service.payments import Payments
@@ -116,7 +117,9 @@ class PayoutsTx(Protocol):
     def get_platform_fee(self, merchant_id: int) -> PlatformFee | None: ...
     def set_split(self, merchant_id: int, item_ref: str, shares: Sequence[Share]) -> None: ...
     def get_split(self, merchant_id: int, item_ref: str) -> list[Share]: ...
-    def insert_sale(self, s: SaleRecord, shares: Sequence[SaleShare]) -> None: ...
+    def insert_sale(
+        self, s: SaleRecord, shares: Sequence[SaleShare], *, tip_id: int | None = None
+    ) -> None: ...
     def get_sale(self, purchase_id: int) -> SaleRecord | None: ...
     def sale_shares(self, purchase_id: int) -> list[SaleShare]: ...
     def add_sale_reversal(self, purchase_id: int, refund_micros: int, fee_micros: int) -> bool: ...
@@ -166,9 +169,11 @@ class PayoutsBase:
         bind: Binder = mixed_in,
         attach: bool = False,
     ) -> None:
-        """``attach`` records every paid purchase's split and every settled refund's
-        reversal in the same transaction as the purchase or refund (hooks on
-        ``Payments``); without it, call :meth:`record_sale` / :meth:`on_refund`.
+        """``attach`` records every paid purchase's split, every tip's split (a tip
+        for an item with a split) and every settled refund's reversal in the same
+        transaction as the purchase, tip or refund (hooks on ``Payments`` and on
+        ``Tips``); without it, call :meth:`record_sale` / :meth:`on_refund`
+        (tips have no such call: their split is recorded by the hook only).
         ``bind`` gives the payout SQL over a transaction."""
         self.payments = payments
         self.bind = bind
@@ -182,6 +187,7 @@ class PayoutsBase:
         if attach:
             payments.sale_hooks.append(self._record_sale_in)
             payments.refunds.refund_hooks.append(self._on_refund_in)
+            tip_hooks(payments).append(self._record_tip_in)
 
     def get_payee(self, payee_id: int) -> Payee | None:
         return self.tx(lambda tx: self.bind(tx).get_payee(payee_id))
@@ -191,6 +197,9 @@ class PayoutsBase:
         raise NotImplementedError
 
     def _on_refund_in(self, tx: PaymentsWriteTx, refund_id: int) -> ReversalOutcome:
+        raise NotImplementedError
+
+    def _record_tip_in(self, tx: PaymentsWriteTx, tip: TipPaid) -> SaleOutcome:
         raise NotImplementedError
 
 

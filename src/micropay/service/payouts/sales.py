@@ -19,6 +19,7 @@ from micropay.payouts.plans import (
     sale_plan,
 )
 from micropay.payouts.splits import PlatformFee, Share, check_shares, reverse_parts, split_sale
+from micropay.service.billing.tips import TipPaid
 from micropay.service.charges import LedgerInvariantError
 from micropay.service.payouts.base import (
     PayoutsBase,
@@ -147,15 +148,62 @@ class SalesMixin(PayoutsBase):
             return SaleOutcome(SaleStatus.purchase_not_paid)
         if purchase.refunded_micros:
             return SaleOutcome(SaleStatus.purchase_refunded)
-        shares = sql.get_split(purchase.merchant_id, purchase.item_ref)
+        return self._split_in(
+            tx,
+            purchase_id,
+            purchase.merchant_id,
+            purchase.currency,
+            purchase.price_micros,
+            purchase.item_ref,
+            f"sale:{purchase_id}",
+        )
+
+    def _record_tip_in(self, tx: PaymentsWriteTx, tip: TipPaid) -> SaleOutcome:
+        """The tip hook: a tip for an item is split exactly like that item's sales.
+
+        Same split, platform fee, allocation, holding period and payee balances;
+        the sale row is keyed by the tip's id (``sales.tip_id`` says it is a tip).
+        A tip for nothing in particular, or for an item without a split, stays
+        the merchant's (``no_split``). Runs in the tip's transaction, once per tip.
+        """
+        if tip.item_ref is None:
+            return SaleOutcome(SaleStatus.no_split)
+        if self.bind(tx).get_sale(tip.tip_id) is not None:
+            return SaleOutcome(SaleStatus.already_recorded)
+        return self._split_in(
+            tx,
+            tip.tip_id,
+            tip.merchant_id,
+            tip.currency,
+            tip.amount_micros,
+            tip.item_ref,
+            f"tip:{tip.tip_id}",
+            tip_id=tip.tip_id,
+        )
+
+    def _split_in(
+        self,
+        tx: PaymentsWriteTx,
+        sale_id: int,
+        merchant_id: int,
+        currency: str,
+        gross_micros: int,
+        item_ref: str,
+        reference: str,
+        *,
+        tip_id: int | None = None,
+    ) -> SaleOutcome:
+        """Record one sale (a purchase, or a tip when ``tip_id``): fee, payees' pending shares."""
+        sql = self.bind(tx)
+        shares = sql.get_split(merchant_id, item_ref)
         if not shares:
             return SaleOutcome(SaleStatus.no_split)
-        fee = sql.get_platform_fee(purchase.merchant_id) or PlatformFee()
-        split = split_sale(purchase.price_micros, fee, shares)
+        fee = sql.get_platform_fee(merchant_id) or PlatformFee()
+        split = split_sale(gross_micros, fee, shares)
         now_us = self.clock()
         ids = [self.new_id() for _ in range(len(shares) + 1)]
-        plan = sale_plan(ids, purchase.merchant_id, purchase.currency, split, f"sale:{purchase_id}")
-        apply_plan(tx, plan, now_us, f"sale {purchase_id}")
+        plan = sale_plan(ids, merchant_id, currency, split, reference)
+        apply_plan(tx, plan, now_us, reference)
         rows = []
         for position, (payee_id, amount) in enumerate(split.payee_parts):
             payee = sql.get_payee(payee_id)
@@ -163,7 +211,7 @@ class SalesMixin(PayoutsBase):
                 raise LedgerInvariantError(f"split names missing payee {payee_id}")
             rows.append(
                 SaleShare(
-                    purchase_id,
+                    sale_id,
                     payee_id,
                     position,
                     amount,
@@ -174,9 +222,9 @@ class SalesMixin(PayoutsBase):
             )
         sql.insert_sale(
             SaleRecord(
-                purchase_id,
-                purchase.merchant_id,
-                purchase.currency,
+                sale_id,
+                merchant_id,
+                currency,
                 split.gross_micros,
                 split.fee_micros,
                 0,
@@ -184,6 +232,7 @@ class SalesMixin(PayoutsBase):
                 now_us,
             ),
             rows,
+            tip_id=tip_id,
         )
         return SaleOutcome(SaleStatus.ok, split.fee_micros, split.payee_parts)
 
