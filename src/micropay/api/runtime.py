@@ -283,7 +283,7 @@ class Runtime:
             self.write(lambda tx: api_tx(tx).finish_idempotency(owner, key, status, stored))
         return status, body, False
 
-    def idempotent_in_one_tx(
+    async def idempotent_batched(
         self,
         principal: Principal,
         key: str,
@@ -293,32 +293,16 @@ class Runtime:
     ) -> tuple[int, bytes, bool] | None:
         """``idempotent`` for a request that can complete inside one write transaction.
 
-        The key's row is checked, ``handler(tx)`` runs and the answer is stored,
-        all in one transaction: one commit instead of three. ``handler``
-        returns ``None`` when the request needs work outside a transaction (a
-        processor call); then it must have written nothing, nothing is
-        committed and this returns ``None``: the caller takes
+        The key's row is checked, ``handler(tx)`` runs and the answer is
+        stored, all in one transaction, which the group commit shares with
+        the requests queued at the same time (:mod:`micropay.api.batcher`);
+        awaited on the event loop. ``handler`` returns ``None`` when the
+        request needs work outside a transaction (a processor call); then
+        nothing is committed and this returns ``None``: the caller takes
         :meth:`idempotent`. An ``ApiError`` from ``handler`` is the answer,
-        stored like any other.
-        """
-        try:
-            return self.write(self._in_one_tx(principal, key, fingerprint, handler, request_id))
-        except _NeedsGeneralPath:
-            return None
-
-    async def idempotent_batched(
-        self,
-        principal: Principal,
-        key: str,
-        fingerprint: str,
-        handler: Callable[[Any], tuple[int, bytes] | None],
-        request_id: str,
-    ) -> tuple[int, bytes, bool] | None:
-        """:meth:`idempotent_in_one_tx` through the group commit, awaited on the event loop.
-
-        ``handler`` may run more than once (a retried batch) and, when it
-        returns ``None`` or raises ``ApiError``, must have written nothing
-        before deciding so (see :mod:`micropay.api.batcher`).
+        stored like any other. ``handler`` may run more than once (a retried
+        batch) and, when it returns ``None`` or raises ``ApiError``, must have
+        written nothing before deciding so.
         """
         try:
             return await self.batcher.run(
