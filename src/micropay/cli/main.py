@@ -56,11 +56,14 @@ def reconcile(database_url: str, as_json: bool) -> None:
     try:
         report = _guard(lambda: run(store))
         outbox = _guard(lambda: _outbox_problems(store))
+        sales = _guard(lambda: _sale_problems(store))
     finally:
         store.close()
-    ok = report.ok and not outbox
+    ok = report.ok and not outbox and not sales
     if as_json:
-        click.echo(json.dumps({**report.to_json(), "ok": ok, "outbox": outbox}, indent=2))
+        click.echo(
+            json.dumps({**report.to_json(), "ok": ok, "outbox": outbox, "sales": sales}, indent=2)
+        )
     else:
         for check, count in report.counts().items():
             click.echo(f"{'ok  ' if count == 0 else 'FAIL'} {check}: {count} violation(s)")
@@ -70,6 +73,11 @@ def reconcile(database_url: str, as_json: bool) -> None:
         click.echo(f"{label} outbox_matches_changes: {len(outbox)} violation(s)")
         for problem in outbox:
             click.echo(f"  - outbox_matches_changes: {problem}")
+        click.echo(
+            f"{'FAIL' if sales else 'ok  '} sales_name_their_sale: {len(sales)} violation(s)"
+        )
+        for problem in sales:
+            click.echo(f"  - sales_name_their_sale: {problem}")
         click.echo(f"{report.accounts} accounts checked: {'clean' if ok else 'VIOLATIONS'}")
     sys.exit(0 if ok else 1)
 
@@ -78,6 +86,12 @@ def _outbox_problems(store: Any, limit: int = 100) -> list[str]:
     """Invariant 9: the webhook outbox matches the committed changes (see WebhooksSql)."""
     with store.read() as reader:
         return list(reader.outbox_problems(limit))
+
+
+def _sale_problems(store: Any, limit: int = 100) -> list[str]:
+    """Every revenue-split sale names its purchase or its tip (see PayoutsSql)."""
+    with store.read() as reader:
+        return list(reader.sale_problems(limit))
 
 
 def _guard(operation: Callable[[], T]) -> T:

@@ -191,6 +191,21 @@ class PayoutsSql:
         )
         return None if row is None else SaleRecord(*row)
 
+    def sale_problems(self, limit: int) -> list[str]:
+        """Sales that name neither a purchase nor a tip (reconcile).
+
+        A sale is keyed by its purchase's id or, with ``tip_id`` set, its tip's
+        (which a foreign key checks); a purchase's sale has no foreign key
+        since the key serves both, so this check stands in for it.
+        """
+        rows = self._po_all(
+            "SELECT s.purchase_id FROM sales s WHERE s.tip_id IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM purchases p WHERE p.id = s.purchase_id)"
+            " ORDER BY s.purchase_id LIMIT ?",
+            (limit,),
+        )
+        return [f"sale {row[0]} names no purchase and no tip" for row in rows]
+
     def sale_shares(self, purchase_id: int) -> list[SaleShare]:
         rows = self._po_all(
             f"SELECT {_SHARE_COLUMNS} FROM sale_shares WHERE purchase_id = ? ORDER BY position",
