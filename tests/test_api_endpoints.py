@@ -237,3 +237,36 @@ def test_a_key_revoked_elsewhere_is_refused_after_the_auth_cache(
         else:
             assert after.status_code == 401
             assert after.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_the_longest_idempotency_key_works_on_every_money_endpoint(
+    api: Api, database_url: str
+) -> None:
+    """A 255-character key (the header's maximum) is hashed for the service, not refused."""
+    _, key = api.merchant()
+    customer = api.customer(key)
+    api.item(key, "article-1", 250_000)
+    long_key = "k" * 255
+    top_up = api.call(
+        "POST", f"/v1/customers/{customer}/top-ups", key, {"amount_micros": 10_000_000},
+        idem=long_key,
+    )  # fmt: skip
+    assert top_up.status_code == 201, top_up.text
+    again = api.call(
+        "POST", f"/v1/customers/{customer}/top-ups", key, {"amount_micros": 10_000_000},
+        idem=long_key,
+    )  # fmt: skip
+    assert (again.status_code, again.content) == (201, top_up.content)
+    bought = api.call("POST", "/v1/purchases", key, {"customer": customer, "item": "article-1"})
+    assert bought.status_code == 201, bought.text
+    refund = api.call(
+        "POST", f"/v1/purchases/{bought.json()['id']}/refunds", key, {"amount_micros": 100_000},
+        idem="r" * 255,
+    )  # fmt: skip
+    assert refund.status_code == 201, refund.text
+    credit = api.call(
+        "POST", "/v1/store-credit", key, {"count": 1, "value_micros": 100_000},
+        idem="s" * 255,
+    )  # fmt: skip
+    assert credit.status_code == 201, credit.text
+    assert _reconciled(database_url)

@@ -15,9 +15,9 @@ from micropay.api import keys as api_keys
 from micropay.api import routes_common as common
 from micropay.api import schemas as s
 from micropay.api.errors import STATUS_HTTP, ApiError
+from micropay.api.routes_common import domain_key, own_customer
 from micropay.api.routes_common import dump as _dump
 from micropay.api.routes_common import fingerprint as _fingerprint
-from micropay.api.routes_common import own_customer
 from micropay.api.routes_common import response as _response
 from micropay.api.runtime import Principal, Runtime, api_tx, page_limit_default, page_limit_max
 from micropay.core.money import format_amount
@@ -389,7 +389,7 @@ def build_router(rt: Runtime) -> APIRouter:
     ) -> Response:
         def run() -> tuple[int, bytes]:
             customer = rt.read(lambda tx: own_customer(tx, p, customer_id))
-            receipt = rt.payments().top_up(customer.id, body.amount_micros, f"api:{key}")
+            receipt = rt.payments().top_up(customer.id, body.amount_micros, domain_key(key))
             http, _ = STATUS_HTTP[receipt.status]
             if http >= 400:
                 raise ApiError.from_status(receipt.status)
@@ -525,7 +525,7 @@ def build_router(rt: Runtime) -> APIRouter:
         def run() -> tuple[int, bytes]:
             purchase = rt.read(lambda tx: own_purchase(tx, p, purchase_id))
             receipt = rt.payments().refunds.refund(
-                purchase.id, body.amount_micros, f"api:{key}", destination=body.destination
+                purchase.id, body.amount_micros, domain_key(key), destination=body.destination
             )
             http, _ = STATUS_HTTP[receipt.status]
             if http >= 400:
@@ -563,7 +563,7 @@ def build_router(rt: Runtime) -> APIRouter:
             payments = rt.payments()
             merchant = rt.read(lambda tx: tx.get_merchant(p.merchant))
             batch = GiftCards(payments).issue_store_credit(
-                p.merchant, body.count, body.value_micros, f"api:{key}"
+                p.merchant, body.count, body.value_micros, domain_key(key)
             )
             http, _ = STATUS_HTTP[batch.status]
             if http >= 400:
@@ -600,7 +600,7 @@ def build_router(rt: Runtime) -> APIRouter:
             payments = rt.payments()
             merchant = rt.read(lambda tx: tx.get_merchant(p.merchant))
             redemption = GiftCards(payments).redeem_at_pos(
-                p.merchant, body.code, body.amount_micros, f"api:{key}"
+                p.merchant, body.code, body.amount_micros, domain_key(key)
             )
             http, _ = STATUS_HTTP[redemption.status]
             if http >= 400:
