@@ -22,7 +22,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
@@ -116,9 +116,15 @@ class SqliteWriteTx(_SqliteReads):
     ``COMMIT``, and only if the transaction changed no other row.
     """
 
-    def __init__(self, cursor: sqlite3.Cursor, cached: Mapping[int, AccountState]) -> None:
+    def __init__(
+        self, cursor: sqlite3.Cursor, cache: _AccountStateCache, version: Callable[[], int]
+    ) -> None:
         super().__init__(cursor)
-        self._cached = cached
+        self._cache = cache
+        self._version = version
+        # ``PRAGMA data_version`` read in this transaction, when the cache had no
+        # stamp and this transaction loads states into it (None: not read).
+        self.version: int | None = None
         # States read from the database in this transaction, before any write.
         self.loaded: dict[int, AccountState] = {}
         # Posted counter changes as (debits, credits, account id), and the row
@@ -136,7 +142,7 @@ class SqliteWriteTx(_SqliteReads):
         # cache holds what is committed (the store checked it after BEGIN).
         if not ids:
             return {}
-        cached = self._cached
+        cached = self._cache.states
         try:
             return dict(zip(ids, map(cached.__getitem__, ids), strict=True))
         except KeyError:
@@ -149,6 +155,10 @@ class SqliteWriteTx(_SqliteReads):
             self.cacheable = False  # read after this transaction's own writes
         else:
             self.loaded.update(loaded)
+            if self._cache.stamp is None and self.version is None:
+                # What these states are as of; any time in the transaction will
+                # do, as no other connection can commit until it ends.
+                self.version = self._version()
         states.update(loaded)
         return states
 
@@ -190,7 +200,7 @@ class SqliteWriteTx(_SqliteReads):
         except sqlite3.IntegrityError:
             return False  # an id is taken: the exact path replays or rejects it
         self.changes_expected += len(guards) + len(plan.rows)
-        if self._cached or self.loaded:  # else there is no cached state to update
+        if self._cache.states or self.loaded:  # else there is no cached state to update
             self.posted.extend(map(_guard_posted, guards))
         return True
 
@@ -309,7 +319,7 @@ class SqliteStore:
         cache = self._cache
         try:
             start = self._check_cache(conn, cache)
-            tx = SqliteWriteTx(conn.cursor(), cache.states)
+            tx = SqliteWriteTx(conn.cursor(), cache, lambda: self._data_version(conn))
             yield tx
             conn.execute("COMMIT")
         except BaseException as error:
@@ -337,8 +347,15 @@ class SqliteStore:
 
         Called with the write lock held (after ``BEGIN IMMEDIATE``), so no other
         writer can commit until this transaction ends. Returns ``total_changes``.
+        An empty cache has nothing to check: writers that never fill it (the
+        payment models, the API, batches that pass the netted guards) pay no
+        ``PRAGMA`` per transaction.
         """
-        version, changes = self._data_version(conn), conn.total_changes
+        changes = conn.total_changes
+        if not cache.states:
+            cache.stamp = None
+            return changes
+        version = self._data_version(conn)
         stamp = cache.stamp
         if (
             stamp is None
@@ -359,9 +376,9 @@ class SqliteStore:
         the exact path, payments, holds) empties it.
         """
         changes = conn.total_changes
-        stamp = cache.stamp
+        version = cache.stamp[0] if cache.stamp is not None else tx.version
         if (
-            stamp is None
+            version is None
             or not tx.cacheable
             or not _only_cache_aware_writes(tx.changes_expected, changes - start)
         ):
@@ -386,9 +403,9 @@ class SqliteStore:
                     cp,
                     cpo + credits_posted,
                 )
-        # The data version read after BEGIN: our own commit does not change
-        # it, and reading it again now could take in another writer's commit.
-        cache.stamp = (stamp[0], changes)
+        # The data version read inside the transaction: our own commit does not
+        # change it, and reading it again now could take in another writer's commit.
+        cache.stamp = (version, changes)
 
     @contextmanager
     def read(self) -> Iterator[_SqliteReads]:
